@@ -1,0 +1,104 @@
+"""Shared fixtures: a private Redis, a MongoDB database, and the sample run."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import mongomock_ng
+import pymongo
+import pytest
+import redis
+from pymongo.database import Database
+
+from tests.redis_server import RedisServer
+
+SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
+if not SAMPLES.is_dir():  # a clone placed elsewhere: samples are also vendored
+    SAMPLES = Path(__file__).resolve().parent / "samples"
+
+
+def load_job_document() -> dict[str, Any]:
+    return json.loads((SAMPLES / "job.json").read_text())
+
+
+def load_sample_entries() -> list[dict[str, str]]:
+    """The 38 sample events as stream field maps (metrics as JSON text)."""
+    entries = []
+    for line in (SAMPLES / "job_run.jsonl").read_text().splitlines():
+        fields = json.loads(line)
+        if "metrics" in fields:
+            fields["metrics"] = json.dumps(fields["metrics"])
+        entries.append(fields)
+    return entries
+
+
+@pytest.fixture
+def job_document() -> dict[str, Any]:
+    return load_job_document()
+
+
+@pytest.fixture
+def sample_entries() -> list[dict[str, str]]:
+    return load_sample_entries()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the session, or ``FLORIST_TEST_REDIS_URL`` (flushed!)."""
+    external = os.environ.get("FLORIST_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis-shared"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def real_redis(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def fake_redis() -> redis.Redis:
+    return fakeredis.FakeRedis()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, to kill and restart at will."""
+    server = RedisServer(tmp_path / "redis", appendonly=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database() -> Iterator[Database[Any]]:
+    """mongomock-ng, or a fresh database on ``FLORIST_TEST_MONGODB_URI`` (dropped after)."""
+    uri = os.environ.get("FLORIST_TEST_MONGODB_URI")
+    if not uri:
+        yield mongomock_ng.MongoClient()["florist-test"]
+        return
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri)
+    name = f"florist-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield client[name]
+    finally:
+        client.drop_database(name)
+        client.close()

@@ -1,0 +1,1 @@
+"""Sub-commands of ``florist-worker``; see :mod:`worker.cli`."""

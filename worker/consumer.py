@@ -1,0 +1,396 @@
+"""The consume loop: read a batch from the group, apply it, settle it, repeat.
+
+One :class:`Worker` per process. Several workers share one consumer group; the
+guards in :mod:`worker.effects` make their interleaving harmless. The policy:
+
+* at start, re-read this consumer's own pending entries (a restart under the same
+  name finishes what it had), then new entries with a blocking XREADGROUP;
+* now and then, take back its own entries left pending for a retry, and claim
+  entries that dead consumers left idle longer than ``claim_idle_ms``;
+* a batch is planned (parsed, coalesced), applied event by event, then settled:
+  dead letters and one XACK in one MULTI/EXEC;
+* an outage of Redis or MongoDB acknowledges nothing: back off exponentially and
+  retry the batch in hand, keeping what already took effect.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any, Protocol
+
+import redis
+import structlog
+from pymongo.database import Database
+
+from worker.batch import Planned, plan_batch
+from worker.health import remove_heartbeat, write_heartbeat
+from worker.outcomes import Outcome
+from worker.settings import Settings
+from worker.store import JobStore, MongoJobStore, StoreUnavailable
+from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
+
+log = structlog.get_logger(__name__)
+
+# Redis failures that mean "not reachable right now", as opposed to a bad command.
+REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+class Stopping(Exception):
+    """Raised inside the loop when a stop was requested during an outage wait."""
+
+
+class BatchObserver(Protocol):
+    """Told about every settled batch (the Prometheus exporter is one)."""
+
+    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+        """Called once per settled batch with each entry's outcome."""
+        ...
+
+
+class Backoff:
+    """Exponential backoff with full jitter and a ceiling; reset after a success."""
+
+    def __init__(self, initial_s: float, ceiling_s: float) -> None:
+        self.initial_s = initial_s
+        self.ceiling_s = ceiling_s
+        self.failures = 0
+
+    def next_delay(self) -> float:
+        self.failures += 1
+        ceiling = min(self.ceiling_s, self.initial_s * 2 ** (self.failures - 1))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class Worker:
+    """Consumes the events stream as one member of the consumer group."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        database: Database[Any] | None,
+        settings: Settings | None = None,
+        *,
+        store: JobStore | None = None,
+        observers: Sequence[BatchObserver] = (),
+    ) -> None:
+        self.settings = settings or Settings()
+        self.redis = redis_client
+        self.stream = GroupStream(redis_client, self.settings)
+        if store is None:
+            if database is None:
+                raise ValueError("Worker needs a database or a store")
+            store = MongoJobStore(database)
+        self.store = store
+        self.observers = list(observers)
+        self.counts: Counter[str] = Counter()
+        self.dead_lettered = 0
+        self._stop = threading.Event()
+        self._backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        self._group_ready = False
+        self._outage: str | None = None
+        self._nogroup_logged = False
+        self._last_claim = 0.0
+        self._last_heartbeat = 0.0
+        self._last_summary = time.monotonic()
+        self._redis_ok = True
+        self._store_ok = True
+
+    # -- public surface -------------------------------------------------------------
+
+    def drain(self) -> dict[str, int]:
+        """Handle every entry available now (own pending, new, retryable, claimable),
+        then return ``{outcome: count}`` for what this call handled."""
+        before = self.counts.copy()
+        try:
+            self._call(lambda: None)
+            self._recover_own_pending()
+            while self._handle_next(block_ms=None):
+                pass
+            while self._claim(force=True):
+                pass
+        except Stopping:
+            pass
+        return dict(self.counts - before)
+
+    def run(self) -> None:
+        """Consume until :meth:`stop`, SIGTERM or SIGINT; finish the batch in hand first."""
+        with self._signals_stop():
+            log.info("worker starting", **self.settings.redacted())
+            try:
+                self._call(lambda: None)
+                self._recover_own_pending()
+                while not self._stop.is_set():
+                    self._claim(force=False)
+                    self._handle_next(block_ms=self.settings.block_ms)
+                    self._tick()
+            except Stopping:
+                pass
+            finally:
+                remove_heartbeat(self.settings.heartbeat_file)
+                self._log_summary()
+                log.info("worker stopped", consumer=self.settings.consumer)
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the batch in hand (thread- and signal-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # -- the loop's steps -----------------------------------------------------------
+
+    def _ensure_group(self) -> None:
+        if self.stream.ensure_group():
+            log.info("consumer group created", stream=self.stream.stream, group=self.stream.group)
+        self._group_ready = True
+
+    def _recover_own_pending(self) -> None:
+        """Entries delivered to this consumer name before a restart come first."""
+        while not self._stop.is_set():
+            entries = self._call(lambda: self.stream.read_own_pending(self.settings.batch_size))
+            if not entries:
+                return
+            self._handle(entries)
+
+    def _handle_next(self, block_ms: int | None) -> bool:
+        entries = self._call(lambda: self.stream.read_new(self.settings.batch_size, block_ms))
+        if entries:
+            self._handle(entries)
+        return bool(entries)
+
+    def _claim(self, *, force: bool) -> bool:
+        """Retry own failed entries and claim abandoned ones; True if any were handled."""
+        interval = min(self.settings.retry_idle_ms, self.settings.claim_idle_ms) / 2000
+        now = time.monotonic()
+        if not force and now - self._last_claim < min(max(interval, 0.2), 5.0):
+            return False
+        self._last_claim = now
+        handled = False
+        retries = self._call(
+            lambda: self.stream.claim_own_retries(
+                self.settings.retry_idle_ms, self.settings.batch_size
+            )
+        )
+        if retries:
+            self._handle(retries)
+            handled = True
+        for _page in range(100):  # bounded, so a huge PEL cannot starve new entries
+            claimed, trimmed = self._call(
+                lambda: self.stream.claim_abandoned(
+                    self.settings.claim_idle_ms, self.settings.batch_size
+                )
+            )
+            if claimed or trimmed:
+                log.info("claimed abandoned entries", count=len(claimed), trimmed=len(trimmed))
+                self._handle(claimed + [Entry(entry_id, None) for entry_id in trimmed])
+                handled = True
+            if self.stream.claim_scan_complete:
+                break
+        return handled
+
+    def _handle(self, entries: Sequence[Entry]) -> None:
+        """Apply and settle one batch, retrying through outages; effects already taken
+        are remembered so a retry neither repeats nor miscounts them."""
+        started = time.perf_counter()
+        planned = plan_batch(entries, self.settings.limits)
+        done: dict[str, Outcome] = {}
+        while True:
+            try:
+                results, acknowledged, dead = self._apply(planned, done)
+                self.stream.settle(acknowledged, dead)
+            except (StoreUnavailable, *REDIS_OUTAGES) as error:
+                self._wait_out(error)
+                continue
+            except redis.ResponseError as error:
+                if not is_nogroup(error):
+                    raise
+                self._recreate_group()
+                continue
+            self._recovered()
+            break
+        self._record(results, dead, time.perf_counter() - started)
+
+    def _apply(
+        self, planned: Sequence[Planned], done: dict[str, Outcome]
+    ) -> tuple[list[tuple[Planned, Outcome]], list[str], list[DeadLetter]]:
+        results: list[tuple[Planned, Outcome]] = []
+        acknowledged: list[str] = []
+        dead: list[DeadLetter] = []
+        for item in planned:
+            entry_id = item.entry.id
+            outcome = done.get(entry_id) or item.outcome
+            if outcome is None:
+                assert item.event is not None and item.position is not None
+                outcome = self.store.apply(item.event, item.position)
+                done[entry_id] = outcome
+            results.append((item, outcome))
+            if outcome.dead_at_once:
+                dead.append(DeadLetter(item.entry, outcome.value, item.error, 1))
+            elif outcome.retryable:
+                deliveries = self.stream.deliveries(entry_id)
+                if deliveries >= self.settings.max_deliveries:
+                    error = f"{outcome.value} after {deliveries} deliveries"
+                    dead.append(DeadLetter(item.entry, outcome.value, error, deliveries))
+            else:
+                acknowledged.append(entry_id)
+        return results, acknowledged, dead
+
+    def _record(
+        self,
+        results: Sequence[tuple[Planned, Outcome]],
+        dead: Sequence[DeadLetter],
+        seconds: float,
+    ) -> None:
+        for item, outcome in results:
+            self.counts[outcome.value] += 1
+            if outcome is Outcome.LOST:
+                log.error("entry lost: trimmed from the stream while pending", id=item.entry.id)
+            elif outcome.retryable and not any(d.entry.id == item.entry.id for d in dead):
+                log.info(
+                    "entry kept pending for a retry",
+                    id=item.entry.id,
+                    outcome=outcome.value,
+                    job_id=item.event.job_id if item.event else None,
+                )
+            else:
+                log.debug(
+                    "entry handled", id=item.entry.id, outcome=outcome.value, type=item.event_type
+                )
+        for letter in dead:
+            self.dead_lettered += 1
+            log.warning(
+                "entry dead-lettered",
+                id=letter.entry.id,
+                reason=letter.reason,
+                error=letter.error,
+                deliveries=letter.deliveries,
+                dead_stream=self.stream.dead_stream,
+            )
+        for observer in self.observers:
+            observer.batch_settled(results, seconds)
+
+    # -- outages --------------------------------------------------------------------
+
+    def _call(self, operation: Callable[[], Any]) -> Any:
+        """Run one Redis operation, waiting out outages and recreating a lost group."""
+        while True:
+            try:
+                if not self._group_ready:
+                    self._ensure_group()
+                result = operation()
+            except REDIS_OUTAGES as error:
+                self._redis_ok = False
+                self._wait_out(error)
+                continue
+            except redis.ResponseError as error:
+                if not is_nogroup(error):
+                    raise
+                self._recreate_group()
+                continue
+            self._recovered()
+            return result
+
+    def _recreate_group(self) -> None:
+        """The stream or group vanished (Redis restarted without persistence, or the
+        stream was deleted): recreate the group and go on."""
+        if not self._nogroup_logged:
+            log.warning("consumer group missing: recreating it", group=self.stream.group)
+            self._nogroup_logged = True
+        self._group_ready = False
+        self._ensure_group()
+
+    def _wait_out(self, error: Exception) -> None:
+        which = "mongodb" if isinstance(error, StoreUnavailable) else "redis"
+        if which == "mongodb":
+            self._store_ok = False
+        else:
+            self._redis_ok = False
+        delay = self._backoff.next_delay()
+        if self._outage != which:
+            log.error("outage: backing off, acknowledging nothing", service=which, error=str(error))
+            self._outage = which
+        else:
+            log.debug("still unavailable", service=which, retry_in_s=round(delay, 2))
+        if self._stop.wait(delay):
+            raise Stopping
+
+    def _recovered(self) -> None:
+        if self._outage is not None:
+            log.warning("outage over", service=self._outage)
+            self._outage = None
+        self._backoff.reset()
+        self._redis_ok = self._store_ok = True
+
+    # -- periodic work --------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= self.settings.heartbeat_interval_s:
+            self._last_heartbeat = now
+            self._heartbeat()
+        if now - self._last_summary >= self.settings.summary_interval_s:
+            self._last_summary = now
+            self._log_summary()
+
+    def _heartbeat(self) -> None:
+        try:
+            self.redis.ping()
+            redis_ok = True
+        except redis.RedisError:
+            redis_ok = False
+        try:
+            self.store.ping()
+            store_ok = True
+        except StoreUnavailable:
+            store_ok = False
+        write_heartbeat(
+            self.settings.heartbeat_file,
+            self.settings.consumer,
+            redis_ok=redis_ok,
+            mongodb_ok=store_ok,
+        )
+
+    def _log_summary(self) -> None:
+        try:
+            pending: int | None = self.stream.pending_count()
+            lag = self.stream.lag()
+        except redis.RedisError:
+            pending = lag = None
+        log.info(
+            "summary",
+            counts=dict(self.counts),
+            dead_lettered=self.dead_lettered,
+            pending=pending,
+            lag=lag,
+        )
+
+    @contextmanager
+    def _signals_stop(self) -> Iterator[None]:
+        """SIGTERM and SIGINT stop the loop gracefully (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            self.stop()
+
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)

@@ -1,0 +1,239 @@
+"""What one event does to its Job document: pure functions, no I/O.
+
+Each event becomes ONE guarded ``update_one``. The guard makes redelivery and
+reordering harmless:
+
+* metrics targets (the job's server metrics, each client's metrics) remember the
+  position of the last event applied; an event at or before it changes nothing;
+* the status follows ``NOT_STARTED -> IN_PROGRESS -> FINISHED_*`` and, among
+  finishing events (``job.status`` FINISHED_* and server metrics with ``fit_end``),
+  the one earliest in the stream wins. Deciding "first" by position rather than by
+  arrival is what lets two workers take a job's events in any order and still leave
+  the document one worker in stream order would.
+
+:func:`first_write` is the optimistic update for the common case. When it matches
+nothing, the store reads the document and :func:`after_miss` either names the
+outcome (unknown job or client, duplicate, rejected transition) or returns a
+compare-and-set write pinned to the state it saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from worker.entities import JobStatus
+from worker.events import (
+    ClientMetricsEvent,
+    Event,
+    JobStatusEvent,
+    ServerMetricsEvent,
+)
+from worker.jsontext import dumps_strict
+from worker.outcomes import Outcome
+from worker.positions import StreamPosition
+
+SERVER_POSITION: Final = "server_metrics_position"
+STATUS_POSITION: Final = "status_position"
+CLIENT_POSITION: Final = "metrics_position"
+
+RUNNING: Final = (JobStatus.NOT_STARTED.value, JobStatus.IN_PROGRESS.value)
+FINISHED: Final = (JobStatus.FINISHED_SUCCESSFULLY.value, JobStatus.FINISHED_WITH_ERROR.value)
+
+# The fields a miss needs to classify an event: never the (large) metrics texts.
+CLASSIFY_PROJECTION: Final = {
+    "status": 1,
+    SERVER_POSITION: 1,
+    STATUS_POSITION: 1,
+    "clients_info.uuid": 1,
+    f"clients_info.{CLIENT_POSITION}": 1,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """One ``update_one``: the filter (``_id`` plus guard) and the update document."""
+
+    filter: dict[str, Any]
+    update: dict[str, Any]
+    outcome: Outcome = Outcome.APPLIED
+
+
+def _not_at_or_after(key: str) -> dict[str, Any]:
+    """Matches a missing position, or one strictly before ``key``."""
+    return {"$not": {"$gte": key}}
+
+
+def _finish_may_apply(key: str) -> dict[str, Any]:
+    """The job is not finished yet, or was finished by an event later in the stream."""
+    return {"$or": [{"status": {"$in": list(RUNNING)}}, {STATUS_POSITION: {"$gt": key}}]}
+
+
+def _finish_fields(
+    status: JobStatus, key: str, error_message: str | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    to_set: dict[str, Any] = {"status": status.value, STATUS_POSITION: key}
+    to_unset: dict[str, Any] = {}
+    if status is JobStatus.FINISHED_WITH_ERROR and error_message is not None:
+        to_set["error_message"] = error_message
+    else:
+        to_unset["error_message"] = ""
+    return to_set, to_unset
+
+
+def _update(to_set: dict[str, Any], to_unset: dict[str, Any] | None = None) -> dict[str, Any]:
+    update: dict[str, Any] = {"$set": to_set}
+    if to_unset:
+        update["$unset"] = to_unset
+    return update
+
+
+def _is_finishing(event: Event) -> bool:
+    if isinstance(event, JobStatusEvent):
+        return event.status.value in FINISHED
+    return isinstance(event, ServerMetricsEvent) and event.finishes_job
+
+
+def _client_write(event: ClientMetricsEvent, key: str) -> Write:
+    """``$elemMatch`` picks the element by exact uuid; ``$`` updates that element."""
+    element = {"uuid": event.client_uuid, CLIENT_POSITION: _not_at_or_after(key)}
+    return Write(
+        {"_id": event.job_id, "clients_info": {"$elemMatch": element}},
+        _update(
+            {
+                "clients_info.$.metrics": dumps_strict(event.metrics),
+                f"clients_info.$.{CLIENT_POSITION}": key,
+            }
+        ),
+    )
+
+
+def first_write(event: Event, position: StreamPosition) -> Write | None:
+    """The optimistic update; ``None`` when the event can only be classified by a read."""
+    key = position.key
+    if isinstance(event, ServerMetricsEvent):
+        to_set: dict[str, Any] = {
+            "server_metrics": dumps_strict(event.metrics),
+            SERVER_POSITION: key,
+        }
+        guard: dict[str, Any] = {"_id": event.job_id, SERVER_POSITION: _not_at_or_after(key)}
+        to_unset: dict[str, Any] = {}
+        if event.finishes_job:
+            finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
+            to_set.update(finish_set)
+            guard.update(_finish_may_apply(key))
+        return Write(guard, _update(to_set, to_unset))
+    if isinstance(event, ClientMetricsEvent):
+        return _client_write(event, key)
+    if event.status is JobStatus.IN_PROGRESS:
+        return Write(
+            {"_id": event.job_id, "status": JobStatus.NOT_STARTED.value},
+            _update({"status": JobStatus.IN_PROGRESS.value}),
+        )
+    if event.status.value in FINISHED:
+        to_set, to_unset = _finish_fields(event.status, key, event.error_message)
+        return Write({"_id": event.job_id, **_finish_may_apply(key)}, _update(to_set, to_unset))
+    return None  # NOT_STARTED never changes a document: only a read can classify it.
+
+
+def _finish_wins_over(document: dict[str, Any], key: str) -> bool:
+    """Would a finish at ``key`` replace the document's status (see module docstring)?"""
+    if document.get("status") not in FINISHED:
+        return True
+    current = document.get(STATUS_POSITION)
+    return isinstance(current, str) and current > key
+
+
+def _pinned(document: dict[str, Any], *names: str) -> dict[str, Any]:
+    """A filter matching the document only while ``names`` still hold the values read."""
+    pinned: dict[str, Any] = {"_id": document["_id"]}
+    for name in names:
+        pinned[name] = document.get(name)  # None matches a missing field too
+    return pinned
+
+
+def _after_miss_server(
+    event: ServerMetricsEvent, key: str, document: dict[str, Any]
+) -> Outcome | Write:
+    current = document.get(SERVER_POSITION)
+    metrics_apply = not (isinstance(current, str) and current >= key)
+    finish_applies = event.finishes_job and _finish_wins_over(document, key)
+    if not metrics_apply and not finish_applies:
+        return Outcome.DUPLICATE
+    to_set: dict[str, Any] = {}
+    to_unset: dict[str, Any] = {}
+    if metrics_apply:
+        to_set.update({"server_metrics": dumps_strict(event.metrics), SERVER_POSITION: key})
+    if finish_applies:
+        finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
+        to_set.update(finish_set)
+    guard = _pinned(document, SERVER_POSITION, "status", STATUS_POSITION)
+    return Write(guard, _update(to_set, to_unset))
+
+
+def _after_miss_client(
+    event: ClientMetricsEvent, key: str, document: dict[str, Any]
+) -> Outcome | Write:
+    clients = document.get("clients_info") or []
+    matching = [c for c in clients if isinstance(c, dict) and c.get("uuid") == event.client_uuid]
+    if not matching:
+        return Outcome.UNKNOWN_CLIENT
+    current = matching[0].get(CLIENT_POSITION)
+    if isinstance(current, str) and current >= key:
+        return Outcome.DUPLICATE
+    return _client_write(event, key)  # the element changed under us: same guard again
+
+
+def _after_miss_status(
+    event: JobStatusEvent, key: str, document: dict[str, Any]
+) -> Outcome | Write:
+    status = document.get("status")
+    if event.status.value == status and not _is_finishing(event):
+        return Outcome.DUPLICATE
+    if event.status is JobStatus.NOT_STARTED:
+        return Outcome.REJECTED_TRANSITION
+    if event.status is JobStatus.IN_PROGRESS:
+        if status == JobStatus.NOT_STARTED.value:
+            return Write(
+                _pinned(document, "status"), _update({"status": JobStatus.IN_PROGRESS.value})
+            )
+        return Outcome.REJECTED_TRANSITION
+    if _finish_wins_over(document, key):
+        to_set, to_unset = _finish_fields(event.status, key, event.error_message)
+        return Write(_pinned(document, "status", STATUS_POSITION), _update(to_set, to_unset))
+    if status == event.status.value or document.get(STATUS_POSITION) == key:
+        return Outcome.DUPLICATE
+    return Outcome.REJECTED_TRANSITION
+
+
+def after_miss(
+    event: Event, position: StreamPosition, document: dict[str, Any] | None
+) -> Outcome | Write:
+    """Classify an event whose guarded write matched nothing, given the document now.
+
+    Returns the outcome, or a compare-and-set write when the document has changed
+    since the first attempt and the event still has an effect.
+    """
+    if document is None:
+        return Outcome.UNKNOWN_JOB
+    key = position.key
+    if isinstance(event, ServerMetricsEvent):
+        return _after_miss_server(event, key, document)
+    if isinstance(event, ClientMetricsEvent):
+        return _after_miss_client(event, key, document)
+    return _after_miss_status(event, key, document)
+
+
+def metrics_target(event: Event) -> tuple[str, ...] | None:
+    """The target whose position guards this event; ``None`` for status events."""
+    if isinstance(event, ServerMetricsEvent):
+        return ("server", event.job_id)
+    if isinstance(event, ClientMetricsEvent):
+        return ("client", event.job_id, event.client_uuid)
+    return None
+
+
+def may_be_coalesced(event: Event) -> bool:
+    """A snapshot replaces an older one of its target, except a finishing one: its
+    position decides which finish came first, so it is always written."""
+    return metrics_target(event) is not None and not _is_finishing(event)

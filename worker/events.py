@@ -1,0 +1,288 @@
+"""The v1 wire format: a stream entry's field map <-> a typed, validated event.
+
+This module is the one place that knows the entry layout (see ``CONTRACT.md``):
+flat string fields ``v``, ``type``, ``job_id``, ``client_uuid``, ``metrics`` (JSON
+text of an object), ``status``, ``error_message``, ``sent_at``, ``origin_id``.
+Unknown extra fields are ignored. Every way an entry can be bad raises
+:class:`InvalidEntry` with the outcome (``invalid`` or ``unsupported_version``) and a
+message a person can act on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+)
+
+from worker.entities import JobStatus
+from worker.jsontext import dumps_strict, nesting_depth
+from worker.positions import InvalidStreamId, StreamPosition
+
+SCHEMA_VERSION: Final = 1
+SERVER_METRICS: Final = "server.metrics"
+CLIENT_METRICS: Final = "client.metrics"
+JOB_STATUS: Final = "job.status"
+EVENT_TYPES: Final = (SERVER_METRICS, CLIENT_METRICS, JOB_STATUS)
+
+DEFAULT_MAX_ENTRY_BYTES: Final = 1024 * 1024
+DEFAULT_MAX_METRICS_DEPTH: Final = 32
+
+FieldMap = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on one entry, so a single producer bug cannot exhaust the worker."""
+
+    max_entry_bytes: int = DEFAULT_MAX_ENTRY_BYTES
+    max_metrics_depth: int = DEFAULT_MAX_METRICS_DEPTH
+
+
+class InvalidEntry(ValueError):
+    """An entry that can never be applied as it is: ``outcome`` says how to file it."""
+
+    def __init__(self, outcome: Literal["invalid", "unsupported_version"], message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
+
+MetricsObject = Annotated[
+    dict[str, Any],
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "JSON text of an object: the reporter's whole current snapshot. "
+            "NaN and infinities may be written as the strings "
+            '"NaN", "Infinity", "-Infinity".',
+        }
+    ),
+]
+
+
+def _parse_metrics(value: Any, info: ValidationInfo) -> dict[str, Any]:
+    if isinstance(value, dict):
+        metrics: Any = value
+    elif isinstance(value, str):
+        try:
+            metrics = json.loads(value)
+        except RecursionError:
+            raise ValueError("metrics is nested too deeply to parse") from None
+        except json.JSONDecodeError as error:
+            raise ValueError(f"metrics is not valid JSON: {error}") from None
+    else:
+        raise ValueError(f"metrics must be JSON text, got {type(value).__name__}")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"metrics must be a JSON object, got {_json_kind(metrics)}")
+    limit = (info.context or {}).get("max_metrics_depth", DEFAULT_MAX_METRICS_DEPTH)
+    depth = nesting_depth(metrics)
+    if depth > limit:
+        raise ValueError(f"metrics is nested {depth} levels deep, over the limit of {limit}")
+    return metrics
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    v: Literal["1"] = Field(description="schema version")
+    job_id: NonEmptyText = Field(description="the Job document's _id")
+    sent_at: str | None = Field(default=None, description="producer clock, ISO 8601")
+    origin_id: str | None = Field(
+        default=None, description="set only when a dead letter is requeued: its first entry ID"
+    )
+
+    @field_validator("origin_id")
+    @classmethod
+    def _origin_is_stream_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                StreamPosition.parse(value)
+            except InvalidStreamId as error:
+                raise ValueError(f"origin_id: {error}") from None
+        return value
+
+    def position(self, entry_id: str | bytes) -> StreamPosition:
+        """Where this event stands among its target's events: ``origin_id`` first."""
+        return StreamPosition.parse(self.origin_id if self.origin_id is not None else entry_id)
+
+
+class _MetricsEntry(_Entry):
+    metrics: MetricsObject
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metrics_from_json(cls, value: Any, info: ValidationInfo) -> dict[str, Any]:
+        return _parse_metrics(value, info)
+
+
+class ServerMetricsEvent(_MetricsEntry):
+    """The FL server's whole current metrics snapshot."""
+
+    type: Literal["server.metrics"]
+
+    @property
+    def finishes_job(self) -> bool:
+        """A snapshot with ``fit_end`` means the server finished fitting."""
+        return "fit_end" in self.metrics
+
+
+class ClientMetricsEvent(_MetricsEntry):
+    """One FL client's whole current metrics snapshot."""
+
+    type: Literal["client.metrics"]
+    client_uuid: NonEmptyText = Field(description="ClientInfo.uuid of the reporting FL client")
+
+
+class JobStatusEvent(_Entry):
+    """A change of the job's status, with an optional reason for an error finish."""
+
+    type: Literal["job.status"]
+    status: JobStatus
+    error_message: str | None = Field(default=None, description="why a job finished with an error")
+
+
+Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent
+
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
+
+
+def _decode_fields(fields: FieldMap) -> tuple[dict[str, Any], int]:
+    decoded: dict[str, Any] = {}
+    size = 0
+    for raw_key, raw_value in fields.items():
+        key = _text(raw_key, "a field name")
+        size += len(raw_key) + (len(raw_value) if isinstance(raw_value, bytes | str) else 0)
+        decoded[key] = (
+            _text(raw_value, f"field {key!r}") if isinstance(raw_value, bytes) else raw_value
+        )
+    return decoded, size
+
+
+def _text(raw: Any, what: str) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, bytes):
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEntry("invalid", f"{what} is not UTF-8 text") from None
+    raise InvalidEntry("invalid", f"{what} must be text, got {type(raw).__name__}")
+
+
+def _check_version(fields: dict[str, Any]) -> None:
+    if "v" not in fields:
+        raise InvalidEntry("invalid", "missing field 'v' (the schema version, '1')")
+    version = fields["v"]
+    if version == str(SCHEMA_VERSION):
+        return
+    if isinstance(version, str) and version.isdigit() and int(version) > SCHEMA_VERSION:
+        raise InvalidEntry(
+            "unsupported_version",
+            f"schema version {version} is newer than this worker knows ({SCHEMA_VERSION})",
+        )
+    raise InvalidEntry("invalid", f"field 'v' must be '{SCHEMA_VERSION}', got {version!r}")
+
+
+def _check_type(fields: dict[str, Any]) -> str:
+    if "type" not in fields:
+        raise InvalidEntry("invalid", f"missing field 'type' (one of {', '.join(EVENT_TYPES)})")
+    event_type = fields["type"]
+    if event_type not in EVENT_TYPES:
+        raise InvalidEntry(
+            "invalid", f"unknown type {event_type!r} (expected one of {', '.join(EVENT_TYPES)})"
+        )
+    return str(event_type)
+
+
+def _describe(error: ValidationError, event_type: str) -> str:
+    problems = []
+    for detail in error.errors(include_url=False):
+        location = [part for part in detail["loc"] if part != event_type]
+        name = str(location[0]) if location else "entry"
+        kind = detail["type"]
+        if kind == "missing":
+            problems.append(f"missing field {name!r} (required for {event_type})")
+        elif name == "status" and kind == "enum":
+            expected = ", ".join(JobStatus.list())
+            problems.append(f"unknown status {detail['input']!r} (expected one of {expected})")
+        elif kind == "value_error":
+            problems.append(str(detail["ctx"]["error"]) if "ctx" in detail else detail["msg"])
+        elif kind in {"string_type", "literal_error"}:
+            problems.append(f"field {name!r} must be text, got {type(detail['input']).__name__}")
+        elif kind == "string_too_short":
+            problems.append(f"field {name!r} must not be empty")
+        else:
+            problems.append(f"field {name!r}: {detail['msg']}")
+    return "; ".join(problems)
+
+
+def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
+    """Validate one stream entry's field map and return the typed event.
+
+    Raises :class:`InvalidEntry` naming exactly what is wrong.
+    """
+    limits = limits or Limits()
+    if not isinstance(fields, Mapping):
+        raise InvalidEntry("invalid", f"an entry must be a field map, got {type(fields).__name__}")
+    decoded, size = _decode_fields(fields)
+    if size > limits.max_entry_bytes:
+        raise InvalidEntry(
+            "invalid", f"entry is {size} bytes, over the limit of {limits.max_entry_bytes}"
+        )
+    _check_version(decoded)
+    event_type = _check_type(decoded)
+    try:
+        return _EVENT_ADAPTER.validate_python(
+            decoded, context={"max_metrics_depth": limits.max_metrics_depth}
+        )
+    except ValidationError as error:
+        raise InvalidEntry("invalid", _describe(error, event_type)) from None
+
+
+def to_fields(event: Event) -> dict[str, str]:
+    """The entry's field map as producers write it: metrics as strict JSON text."""
+    fields: dict[str, str] = {"v": event.v, "type": event.type, "job_id": event.job_id}
+    if isinstance(event, ClientMetricsEvent):
+        fields["client_uuid"] = event.client_uuid
+    if isinstance(event, ServerMetricsEvent | ClientMetricsEvent):
+        fields["metrics"] = dumps_strict(event.metrics)
+    if isinstance(event, JobStatusEvent):
+        fields["status"] = event.status.value
+        if event.error_message is not None:
+            fields["error_message"] = event.error_message
+    if event.sent_at is not None:
+        fields["sent_at"] = event.sent_at
+    if event.origin_id is not None:
+        fields["origin_id"] = event.origin_id
+    return fields
+
+
+def entry_json_schema() -> dict[str, Any]:
+    """JSON Schema of a v1 entry's field map, for producers in other languages."""
+    schema = _EVENT_ADAPTER.json_schema(mode="validation")
+    schema["title"] = "florist-worker stream entry, v1"
+    schema["description"] = (
+        "One Redis stream entry: flat string fields. Unknown extra fields are ignored."
+    )
+    return schema

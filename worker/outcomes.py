@@ -1,0 +1,29 @@
+"""The outcomes an entry can end in, and what each means for acknowledging it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """Names as logged and counted (see the contract's outcome table)."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    COALESCED = "coalesced"
+    REJECTED_TRANSITION = "rejected_transition"
+    INVALID = "invalid"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    UNKNOWN_JOB = "unknown_job"
+    UNKNOWN_CLIENT = "unknown_client"
+    LOST = "lost"
+
+    @property
+    def dead_at_once(self) -> bool:
+        """Entries that can never succeed as they are go to the dead-letter stream now."""
+        return self in (Outcome.INVALID, Outcome.UNSUPPORTED_VERSION)
+
+    @property
+    def retryable(self) -> bool:
+        """Entries that may succeed later (the API has not stored the job or uuid yet)."""
+        return self in (Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT)

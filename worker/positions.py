@@ -1,0 +1,48 @@
+"""Stream positions: Redis entry IDs as pairs of integers, and their stored form.
+
+An ID ``<milliseconds>-<sequence>`` orders by the integer pair, never by its text
+(``5-10`` comes after ``5-9``). MongoDB cannot compare integer pairs in one ``$lt``
+and cannot hold Redis's unsigned 64-bit parts as int64, so a position is stored as
+a fixed-width key: both parts zero-padded to 20 digits, whose byte order is exactly
+the integer-pair order over the whole unsigned 64-bit range.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Self
+
+_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_MAX_PART = 2**64 - 1
+
+
+class InvalidStreamId(ValueError):
+    """Raised for text that is not a complete Redis stream entry ID."""
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class StreamPosition:
+    """A stream entry ID; dataclass ordering compares (milliseconds, sequence)."""
+
+    milliseconds: int
+    sequence: int
+
+    @classmethod
+    def parse(cls, entry_id: str | bytes) -> Self:
+        text = entry_id.decode("ascii", "replace") if isinstance(entry_id, bytes) else entry_id
+        match = _ID_PATTERN.match(text)
+        if match is None:
+            raise InvalidStreamId(f"not a stream entry ID (expected <ms>-<seq>): {text!r}")
+        milliseconds, sequence = int(match.group(1)), int(match.group(2))
+        if milliseconds > _MAX_PART or sequence > _MAX_PART:
+            raise InvalidStreamId(f"stream entry ID part out of range: {text!r}")
+        return cls(milliseconds, sequence)
+
+    @property
+    def key(self) -> str:
+        """The stored form: sorts as bytes exactly as the pair sorts as integers."""
+        return f"{self.milliseconds:020d}-{self.sequence:020d}"
+
+    def __str__(self) -> str:
+        return f"{self.milliseconds}-{self.sequence}"

@@ -1,0 +1,194 @@
+"""The events stream seen through a consumer group: every Redis command the worker runs.
+
+Reading (new entries, this consumer's own pending ones, entries claimed from dead
+consumers) and settling a batch (dead letters and one XACK, in one MULTI/EXEC) live
+here, so that the consume loop in :mod:`worker.consumer` reads as plain policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+RawFields = dict[bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One delivered entry; ``fields`` is ``None`` when it was trimmed while pending."""
+
+    id: str
+    fields: RawFields | None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An entry on its way to the dead-letter stream, with why and how often it was tried."""
+
+    entry: Entry
+    reason: str
+    error: str
+    deliveries: int
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(raw: Iterable[tuple[Any, Any]]) -> list[Entry]:
+    # A deleted or trimmed entry comes back with no fields (an empty map or nil).
+    return [Entry(_text(entry_id), dict(fields) if fields else None) for entry_id, fields in raw]
+
+
+def is_nogroup(error: redis.ResponseError) -> bool:
+    return str(error).startswith("NOGROUP")
+
+
+def dead_letter_fields(letter: DeadLetter, stream: str) -> dict[Any, Any]:
+    """Every original field, plus why, from where, after how many deliveries, and when."""
+    original = letter.entry.fields or {}
+    origin = original.get(b"origin_id") or letter.entry.id
+    fields: dict[Any, Any] = dict(original)
+    fields.update(
+        {
+            "dead_reason": letter.reason,
+            "dead_error": letter.error,
+            "origin_id": origin,
+            "origin_stream": stream,
+            "deliveries": str(letter.deliveries),
+            "dead_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        }
+    )
+    return fields
+
+
+class GroupStream:
+    """The events stream, its consumer group, and the dead-letter stream."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.stream = settings.stream
+        self.group = settings.group
+        self.consumer = settings.consumer
+        self.dead_stream = settings.dead_stream
+        self._own_cursor = "0"
+        self._claim_cursor = "0-0"
+
+    def ensure_group(self) -> bool:
+        """Create the group at ID 0 (missing nothing written before); True if created."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except redis.ResponseError as error:
+            if "BUSYGROUP" in str(error):
+                return False
+            raise
+        return True
+
+    def _read(self, last_id: str, count: int, block_ms: int | None) -> list[Entry]:
+        response: Any = self.client.xreadgroup(
+            self.group, self.consumer, {self.stream: last_id}, count=count, block=block_ms
+        )
+        if not response:
+            return []
+        (_stream, raw), *_ = response
+        return _entries(raw)
+
+    def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        """Entries never delivered to anyone (ID ``>``), waiting up to ``block_ms``."""
+        return self._read(">", count, block_ms)
+
+    def read_own_pending(self, count: int) -> list[Entry]:
+        """This consumer's pending entries, a page at a time; empty once all are seen.
+
+        Used at start, so a worker restarted under the same name finishes what it had.
+        """
+        entries = self._read(self._own_cursor, count, None)
+        if entries:
+            self._own_cursor = entries[-1].id
+        return entries
+
+    def claim_abandoned(self, min_idle_ms: int, count: int) -> tuple[list[Entry], list[str]]:
+        """XAUTOCLAIM entries idle longer than ``min_idle_ms`` (their consumer died),
+        following the cursor across calls; also returns IDs trimmed while pending."""
+        reply: Any = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=min_idle_ms,
+            start_id=self._claim_cursor,
+            count=count,
+        )
+        next_cursor, raw, *rest = reply
+        self._claim_cursor = _text(next_cursor)
+        deleted = [_text(entry_id) for entry_id in rest[0]] if rest else []
+        return _entries(raw), deleted
+
+    @property
+    def claim_scan_complete(self) -> bool:
+        """True when the last XAUTOCLAIM reached the end of the pending list."""
+        return self._claim_cursor == "0-0"
+
+    def claim_own_retries(self, min_idle_ms: int, count: int) -> list[Entry]:
+        """Take back this consumer's own entries left pending for a retry, once they
+        have waited ``min_idle_ms`` (XCLAIM counts the new delivery)."""
+        pending: Any = self.client.xpending_range(
+            self.stream,
+            self.group,
+            min="-",
+            max="+",
+            count=count,
+            consumername=self.consumer,
+            idle=min_idle_ms,
+        )
+        if not pending:
+            return []
+        ids = [_text(row["message_id"]) for row in pending]
+        claim_ids: list[Any] = list(ids)
+        reply: Any = self.client.xclaim(
+            self.stream, self.group, self.consumer, min_idle_ms, claim_ids
+        )
+        claimed = _entries(reply)
+        seen = {entry.id for entry in claimed}
+        # An ID that XCLAIM no longer returns was trimmed away while pending.
+        return claimed + [Entry(entry_id, None) for entry_id in ids if entry_id not in seen]
+
+    def deliveries(self, entry_id: str) -> int:
+        """How many times the group has delivered this entry (1 if it is not pending)."""
+        rows: Any = self.client.xpending_range(
+            self.stream, self.group, min=entry_id, max=entry_id, count=1
+        )
+        return int(rows[0]["times_delivered"]) if rows else 1
+
+    def settle(self, acknowledged: Sequence[str], dead: Sequence[DeadLetter]) -> None:
+        """Dead-letter and acknowledge in one MULTI/EXEC: an entry is never both lost
+        from the group and missing from the dead-letter stream."""
+        if not acknowledged and not dead:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for letter in dead:
+            pipe.xadd(self.dead_stream, dead_letter_fields(letter, self.stream))
+        ids = list(dict.fromkeys([*acknowledged, *(letter.entry.id for letter in dead)]))
+        pipe.xack(self.stream, self.group, *ids)
+        pipe.execute()
+
+    def pending_count(self) -> int:
+        summary: Any = self.client.xpending(self.stream, self.group)
+        return int(summary["pending"])
+
+    def lag(self) -> int | None:
+        """Entries not yet delivered to the group (Redis 7's XINFO GROUPS lag)."""
+        groups: Any = self.client.xinfo_groups(self.stream)
+        for group in groups:
+            if _text(group["name"]) == self.group:
+                lag = group.get("lag")
+                return None if lag is None else int(lag)
+        return None
