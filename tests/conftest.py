@@ -17,6 +17,9 @@ import redis
 from pymongo.database import Database
 
 from tests.redis_server import RedisServer
+from worker.logs import configure_logging
+
+configure_logging("info", "console")  # per-entry debug lines would only slow the tests
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 if not SAMPLES.is_dir():  # a clone placed elsewhere: samples are also vendored

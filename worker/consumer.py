@@ -99,6 +99,7 @@ class Worker:
         self._group_ready = False
         self._outage: str | None = None
         self._nogroup_logged = False
+        self._own_pending_recovered = False
         self._last_claim = 0.0
         self._last_heartbeat = 0.0
         self._last_summary = time.monotonic()
@@ -114,9 +115,10 @@ class Worker:
         try:
             self._call(lambda: None)
             self._recover_own_pending()
+            # Retries and abandoned entries first, once: an entry this call keeps
+            # pending for a retry is tried again by the next call, not this one.
+            self._claim(force=True)
             while self._handle_next(block_ms=None):
-                pass
-            while self._claim(force=True):
                 pass
         except Stopping:
             pass
@@ -156,7 +158,10 @@ class Worker:
         self._group_ready = True
 
     def _recover_own_pending(self) -> None:
-        """Entries delivered to this consumer name before a restart come first."""
+        """Entries delivered to this consumer name before a restart come first (once)."""
+        if self._own_pending_recovered:
+            return
+        self._own_pending_recovered = True
         while not self._stop.is_set():
             entries = self._call(lambda: self.stream.read_own_pending(self.settings.batch_size))
             if not entries:

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 import structlog
 
+from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -53,11 +54,23 @@ def is_nogroup(error: redis.ResponseError) -> bool:
     return str(error).startswith("NOGROUP")
 
 
+def _valid_origin(value: bytes | None) -> str | None:
+    """A requeued entry keeps its first ID; a malformed one is replaced by this entry's."""
+    if value is None:
+        return None
+    try:
+        return str(StreamPosition.parse(value))
+    except InvalidStreamId:
+        return None
+
+
 def dead_letter_fields(letter: DeadLetter, stream: str) -> dict[Any, Any]:
     """Every original field, plus why, from where, after how many deliveries, and when."""
     original = letter.entry.fields or {}
-    origin = original.get(b"origin_id") or letter.entry.id
+    origin = _valid_origin(original.get(b"origin_id")) or letter.entry.id
     fields: dict[Any, Any] = dict(original)
+    if b"origin_id" in original and origin == letter.entry.id:
+        fields[b"dead_bad_origin_id"] = original[b"origin_id"]  # keep what was sent
     fields.update(
         {
             "dead_reason": letter.reason,

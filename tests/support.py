@@ -1,0 +1,119 @@
+"""Small helpers shared by the worker tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import redis
+from pymongo.database import Database
+
+from worker.consumer import Worker
+from worker.events import Event
+from worker.outcomes import Outcome
+from worker.positions import StreamPosition
+from worker.settings import Settings
+from worker.store import MongoJobStore
+
+STREAM = "florist:events"
+GROUP = "florist-worker"
+DEAD = "florist:events:dead"
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "consumer": "test-worker",
+        "backoff_initial_s": 0.01,
+        "backoff_max_s": 0.05,
+        "summary_interval_s": 3600,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def fixed_id(index: int) -> str:
+    """Deterministic IDs (three per millisecond), so two runs can be compared field by field."""
+    return f"{1_700_000_000_000 + index // 3}-{index % 3}"
+
+
+def publish(
+    client: redis.Redis, entries: Iterable[Mapping[str, str]], *, fixed_ids: bool = False
+) -> list[str]:
+    ids = []
+    for index, fields in enumerate(entries):
+        entry_id = client.xadd(STREAM, dict(fields), id=fixed_id(index) if fixed_ids else "*")
+        ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
+    return ids
+
+
+def make_worker(client: redis.Redis, database: Database[Any], **overrides: Any) -> Worker:
+    return Worker(client, database, settings(**overrides))
+
+
+def job_of(database: Database[Any], job_id: str) -> dict[str, Any]:
+    document = database["job"].find_one({"_id": job_id})
+    assert document is not None
+    return dict(document)
+
+
+def decoded_metrics(document: dict[str, Any]) -> tuple[Any, list[Any]]:
+    server = json.loads(document["server_metrics"]) if document.get("server_metrics") else None
+    clients = [
+        json.loads(c["metrics"]) if c.get("metrics") else None for c in document["clients_info"]
+    ]
+    return server, clients
+
+
+def last_snapshots(entries: list[dict[str, str]]) -> tuple[Any, dict[str, Any]]:
+    """The last server snapshot and each client's last snapshot in the samples."""
+    server = None
+    clients: dict[str, Any] = {}
+    for fields in entries:
+        if fields["type"] == "server.metrics":
+            server = json.loads(fields["metrics"])
+        elif fields["type"] == "client.metrics":
+            clients[fields["client_uuid"]] = json.loads(fields["metrics"])
+    return server, clients
+
+
+class RecordingStore(MongoJobStore):
+    """The real store, remembering every outcome per position (to prove exactly once)."""
+
+    def __init__(self, database: Database[Any]) -> None:
+        super().__init__(database)
+        self.outcomes: dict[StreamPosition, list[Outcome]] = defaultdict(list)
+
+    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
+        outcome = super().apply(event, position, dry_run=dry_run)
+        self.outcomes[position].append(outcome)
+        return outcome
+
+    def applied_twice(self) -> list[StreamPosition]:
+        return [p for p, seen in self.outcomes.items() if Counter(seen)[Outcome.APPLIED] > 1]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+def pending_of(client: redis.Redis, consumer: str | None = None) -> int:
+    if consumer is None:
+        return int(client.xpending(STREAM, GROUP)["pending"])
+    rows = client.xpending_range(
+        STREAM, GROUP, min="-", max="+", count=10_000, consumername=consumer
+    )
+    return len(rows)
+
+
+def dead_letters(client: redis.Redis) -> list[dict[str, str]]:
+    return [
+        {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
+        for _id, fields in client.xrange(DEAD)
+    ]

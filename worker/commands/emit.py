@@ -1,0 +1,166 @@
+"""``florist-worker emit``: publish one v1 event from the shell.
+
+::
+
+    florist-worker emit server-metrics --job JOB --metrics '{"fit_start": "..."}'
+    florist-worker emit client-metrics --job JOB --client-uuid UUID --metrics JSON
+    florist-worker emit status --job JOB --status FINISHED_WITH_ERROR [--error-message TEXT]
+    florist-worker emit raw --fields '{"v": "1", "type": "...", ...}'
+
+``--metrics -`` (or ``--fields -``) reads the JSON from standard input. Prints the new
+entry's ID. The event is validated first: bad JSON, a bad status or any other invalid
+argument prints one line on stderr and exits with 2, writing nothing; a Redis error
+exits with 1. ``raw`` writes the field map as given (for testing the dead-letter path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from worker.commands.options import add_settings_flags, settings_from
+from worker.entities import JobStatus
+from worker.producer import DEFAULT_MAXLEN, EventPublisher, InvalidEvent
+from worker.settings import redact_url
+
+PROG = "florist-worker emit"
+EXIT_OK = 0
+EXIT_REDIS = 1
+EXIT_USAGE = 2
+
+
+_JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+
+
+class _UsageError(Exception):
+    """A bad argument: reported on one line, exit code 2."""
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "emit",
+        help="publish one event (server metrics, client metrics, a status) to the stream",
+        description="Publish one v1 event to the events stream and print its entry ID.",
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+
+    common = argparse.ArgumentParser(add_help=False)
+    add_settings_flags(common, ["redis_url", "stream"])
+    common.add_argument(
+        "--maxlen",
+        type=int,
+        default=DEFAULT_MAXLEN,
+        help=f"approximate MAXLEN of the stream, its replay window (default: {DEFAULT_MAXLEN})",
+    )
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--job", required=True, help="the Job document's _id")
+
+    server = kinds.add_parser(
+        "server-metrics", parents=[common, job], help="the FL server's whole metrics snapshot"
+    )
+    server.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
+    server.set_defaults(handler=handle)
+
+    client = kinds.add_parser(
+        "client-metrics", parents=[common, job], help="one FL client's whole metrics snapshot"
+    )
+    client.add_argument("--client-uuid", required=True, help="ClientInfo.uuid of the client")
+    client.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
+    client.set_defaults(handler=handle)
+
+    status = kinds.add_parser("status", parents=[common, job], help="a change of the job status")
+    status.add_argument("--status", required=True, help=f"one of {', '.join(JobStatus.list())}")
+    status.add_argument("--error-message", help="why the job finished with an error")
+    status.set_defaults(handler=handle)
+
+    raw = kinds.add_parser(
+        "raw", parents=[common], help="a field map written as given, without validation"
+    )
+    raw.add_argument("--fields", required=True, help="JSON object of text fields, or - for stdin")
+    raw.set_defaults(handler=handle)
+
+
+def handle(arguments: argparse.Namespace) -> int:
+    try:
+        publisher, url = _publisher(arguments)
+        publish = _prepare(arguments, publisher)
+    except _UsageError as error:
+        return _fail(str(error), EXIT_USAGE)
+    try:
+        entry_id = publish()
+    except InvalidEvent as error:
+        return _fail(str(error), EXIT_USAGE)
+    except (redis.RedisError, OSError) as error:
+        return _fail(f"cannot publish to Redis {redact_url(url)}: {error}", EXIT_REDIS)
+    finally:
+        publisher.redis.close()
+    print(entry_id)
+    return EXIT_OK
+
+
+def _publisher(arguments: argparse.Namespace) -> tuple[EventPublisher, str]:
+    """The publisher (a producer's client: short timeouts, no retries) and its URL."""
+    try:
+        settings = settings_from(arguments)
+    except SystemExit as error:  # settings_from's one-line message about a bad setting
+        raise _UsageError(str(error.code).removeprefix("florist-worker: ")) from None
+    if arguments.maxlen < 1:
+        raise _UsageError(f"--maxlen must be at least 1, got {arguments.maxlen}")
+    try:
+        publisher = EventPublisher.from_url(
+            settings.redis_url,
+            settings.stream,
+            arguments.maxlen,
+            timeout_s=settings.socket_timeout_s,
+        )
+    except ValueError as error:
+        raise _UsageError(f"bad --redis-url: {error}") from None
+    return publisher, settings.redis_url
+
+
+def _prepare(arguments: argparse.Namespace, publisher: EventPublisher) -> Callable[[], str]:
+    """Validate everything that can be checked offline; return the publishing call."""
+    kind = arguments.kind
+    if kind == "server-metrics":
+        metrics = _json_object(arguments.metrics, "--metrics")
+        return lambda: publisher.server_metrics(arguments.job, metrics)
+    if kind == "client-metrics":
+        metrics = _json_object(arguments.metrics, "--metrics")
+        return lambda: publisher.client_metrics(arguments.job, arguments.client_uuid, metrics)
+    if kind == "status":
+        statuses = JobStatus.list()
+        if arguments.status not in statuses:
+            expected = ", ".join(statuses)
+            raise _UsageError(f"unknown status {arguments.status!r} (expected one of {expected})")
+        return lambda: publisher.status(arguments.job, arguments.status, arguments.error_message)
+    fields = _json_object(arguments.fields, "--fields")
+    bad = [key for key, value in fields.items() if not isinstance(value, str)]
+    if bad:
+        raise _UsageError(f"--fields values must be JSON strings; not: {', '.join(bad)}")
+    return lambda: publisher.publish_fields(fields)
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _UsageError(f"{flag} is not valid JSON: {error}") from None
+    except RecursionError:
+        raise _UsageError(f"{flag} is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise _UsageError(
+            f"{flag} must be a JSON object, got {_JSON_KINDS.get(type(value), 'a number')}"
+        )
+    return value
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return code
