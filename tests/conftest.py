@@ -19,7 +19,13 @@ from pymongo.database import Database
 from tests.redis_server import RedisServer
 from worker.logs import configure_logging
 
-configure_logging("info", "console")  # per-entry debug lines would only slow the tests
+
+
+@pytest.fixture(autouse=True)
+def _logging_at_info() -> None:
+    """Each test starts from the same logging setup (commands under test reconfigure it);
+    per-entry debug lines would only slow the tests."""
+    configure_logging("info", "console")
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 if not SAMPLES.is_dir():  # a clone placed elsewhere: samples are also vendored

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     )
     summary_interval_s: float = Field(60.0, gt=0, description="period of the summary log line")
     heartbeat_interval_s: float = Field(
-        10.0, gt=0, description="period of the health heartbeat written to Redis"
+        10.0, gt=0, description="period of the heartbeat (and of its Redis and MongoDB pings)"
     )
     heartbeat_ttl_s: float = Field(
         45.0, gt=0, description="age after which a heartbeat counts as stale (unhealthy)"
