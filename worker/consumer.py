@@ -64,7 +64,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         self.failures += 1
-        ceiling = min(self.ceiling_s, self.initial_s * 2 ** (self.failures - 1))
+        doublings = min(self.failures - 1, 60)  # bounded: a long outage must not overflow
+        ceiling = min(self.ceiling_s, self.initial_s * 2**doublings)
         return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
 
     def reset(self) -> None:

@@ -61,6 +61,8 @@ class InvalidEntry(ValueError):
 
 
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
+# On the wire an optional field is absent, never null: say so in the JSON Schema.
+OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
 
 MetricsObject = Annotated[
     dict[str, Any],
@@ -107,8 +109,8 @@ class _Entry(BaseModel):
 
     v: Literal["1"] = Field(description="schema version")
     job_id: NonEmptyText = Field(description="the Job document's _id")
-    sent_at: str | None = Field(default=None, description="producer clock, ISO 8601")
-    origin_id: str | None = Field(
+    sent_at: OptionalText = Field(default=None, description="producer clock, ISO 8601")
+    origin_id: OptionalText = Field(
         default=None, description="set only when a dead letter is requeued: its first entry ID"
     )
 
@@ -159,7 +161,7 @@ class JobStatusEvent(_Entry):
 
     type: Literal["job.status"]
     status: JobStatus
-    error_message: str | None = Field(default=None, description="why a job finished with an error")
+    error_message: OptionalText = Field(default=None, description="why a job finished with an error")
 
 
 Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent

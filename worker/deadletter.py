@@ -1,0 +1,270 @@
+"""The dead-letter stream: look at dead letters, put them back, or throw them away.
+
+A dead letter is the original entry plus bookkeeping (``dead_reason``,
+``dead_error``, ``origin_id``, ``origin_stream``, ``deliveries``, ``dead_at``; see
+:func:`worker.stream.dead_letter_fields`). Requeueing writes the original fields
+back to the END of the events stream, with ``origin_id`` (the ID the event had
+first) kept and the rest of the bookkeeping stripped. The worker's guards compare
+``origin_id``, not the new ID, so a requeued old snapshot cannot overwrite a newer
+one that was applied meanwhile.
+
+Each page of requeued entries is one MULTI/EXEC of XADD (events stream) and XDEL
+(dead-letter stream): an entry is never in both places nor in neither. Two
+operators requeueing the same letter at once can add it twice; the second copy has
+the same ``origin_id`` and ends as a ``duplicate``. Only commands the worker's ACL
+user has are used (XRANGE, XADD, XDEL, MULTI/EXEC): no WATCH, DEL or scripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import redis
+import structlog
+
+from worker.positions import StreamPosition
+from worker.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE: Final = 100
+
+# Added by dead-lettering and stripped on requeue (with every other ``dead_*`` field);
+# ``origin_id`` stays with the event.
+BOOKKEEPING: Final = ("dead_reason", "dead_error", "origin_stream", "deliveries", "dead_at")
+_BOOKKEEPING_KEYS: Final = frozenset(name.encode() for name in BOOKKEEPING)
+
+
+def is_bookkeeping(name: bytes) -> bool:
+    return name in _BOOKKEEPING_KEYS or name.startswith(b"dead_")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterEntry:
+    """One entry of the dead-letter stream, its fields exactly as stored."""
+
+    id: str
+    raw: dict[bytes, bytes]
+
+    def field(self, name: str) -> str | None:
+        value = self.raw.get(name.encode())
+        return None if value is None else _text(value)
+
+    def fields(self) -> dict[str, str]:
+        """Every field as text (bytes that are not UTF-8 shown with replacements)."""
+        return {_text(key): _text(value) for key, value in self.raw.items()}
+
+    def original_fields(self) -> dict[bytes, bytes]:
+        """The event as it goes back on the events stream: ``origin_id`` kept."""
+        return {key: value for key, value in self.raw.items() if not is_bookkeeping(key)}
+
+    @property
+    def reason(self) -> str | None:
+        return self.field("dead_reason")
+
+    @property
+    def error(self) -> str | None:
+        return self.field("dead_error")
+
+    @property
+    def job_id(self) -> str | None:
+        return self.field("job_id")
+
+    @property
+    def type(self) -> str | None:
+        return self.field("type")
+
+    @property
+    def origin_id(self) -> str | None:
+        return self.field("origin_id")
+
+    @property
+    def deliveries(self) -> int | None:
+        text = self.field("deliveries")
+        return int(text) if text is not None and text.isdigit() else None
+
+    @property
+    def dead_at(self) -> datetime | None:
+        text = self.field("dead_at")
+        if text is None:
+            return None
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            return None
+
+    def age(self, now: datetime) -> timedelta | None:
+        """Time since it was dead-lettered (``now`` must be timezone-aware)."""
+        dead_at = self.dead_at
+        if dead_at is None or dead_at.tzinfo is None:
+            return None
+        return now - dead_at
+
+
+def _letters(raw: Iterable[tuple[Any, Any]]) -> list[DeadLetterEntry]:
+    return [
+        DeadLetterEntry(_text(entry_id), {_raw(k): _raw(v) for k, v in (fields or {}).items()})
+        for entry_id, fields in raw
+    ]
+
+
+def canonical_id(entry_id: str) -> str:
+    """``entry_id`` as Redis writes it; raises ``InvalidStreamId`` for anything else."""
+    return str(StreamPosition.parse(entry_id))
+
+
+def iter_dead_letters(
+    redis_client: redis.Redis,
+    *,
+    reason: str | None = None,
+    settings: Settings | None = None,
+    page_size: int = PAGE_SIZE,
+) -> Iterator[list[DeadLetterEntry]]:
+    """Pages of dead letters, oldest first, optionally only those of one ``reason``."""
+    stream = (settings or Settings()).dead_stream
+    cursor = "-"
+    while True:
+        raw: Any = redis_client.xrange(stream, cursor, "+", count=page_size)
+        if not raw:
+            return
+        letters = _letters(raw)
+        selected = [letter for letter in letters if reason is None or letter.reason == reason]
+        if selected:
+            yield selected
+        if len(raw) < page_size:
+            return
+        cursor = "(" + letters[-1].id
+
+
+def list_dead_letters(
+    redis_client: redis.Redis,
+    *,
+    reason: str | None = None,
+    job_id: str | None = None,
+    limit: int | None = None,
+    settings: Settings | None = None,
+) -> list[DeadLetterEntry]:
+    """Dead letters, oldest first, filtered by ``reason`` and ``job_id``, at most ``limit``."""
+    found: list[DeadLetterEntry] = []
+    for page in iter_dead_letters(redis_client, reason=reason, settings=settings):
+        for letter in page:
+            if job_id is None or letter.job_id == job_id:
+                found.append(letter)
+                if limit is not None and len(found) >= limit:
+                    return found
+    return found
+
+
+def get_dead_letter(
+    redis_client: redis.Redis, entry_id: str, *, settings: Settings | None = None
+) -> DeadLetterEntry | None:
+    """The dead letter with this ID, or ``None``."""
+    entry_id = canonical_id(entry_id)
+    stream = (settings or Settings()).dead_stream
+    raw: Any = redis_client.xrange(stream, entry_id, entry_id, count=1)
+    letters = _letters(raw)
+    return letters[0] if letters else None
+
+
+def find_dead_letters(
+    redis_client: redis.Redis, ids: Sequence[str], *, settings: Settings | None = None
+) -> tuple[list[DeadLetterEntry], list[str]]:
+    """The dead letters with these IDs in stream order, and the IDs not found."""
+    settings = settings or Settings()
+    wanted = list(dict.fromkeys(canonical_id(entry_id) for entry_id in ids))
+    pipe = redis_client.pipeline(transaction=False)
+    for entry_id in wanted:
+        pipe.xrange(settings.dead_stream, entry_id, entry_id, count=1)
+    found: list[DeadLetterEntry] = []
+    missing: list[str] = []
+    for entry_id, raw in zip(wanted, pipe.execute(), strict=True):
+        letters = _letters(raw)
+        if letters:
+            found.append(letters[0])
+        else:
+            missing.append(entry_id)
+    found.sort(key=lambda letter: StreamPosition.parse(letter.id))
+    return found, missing
+
+
+def _selected_pages(
+    redis_client: redis.Redis,
+    ids: Sequence[str] | None,
+    reason: str | None,
+    settings: Settings,
+) -> Iterator[list[DeadLetterEntry]]:
+    if ids is None:
+        yield from iter_dead_letters(redis_client, reason=reason, settings=settings)
+        return
+    found, _missing = find_dead_letters(redis_client, ids, settings=settings)
+    selected = [letter for letter in found if reason is None or letter.reason == reason]
+    for offset in range(0, len(selected), PAGE_SIZE):
+        yield selected[offset : offset + PAGE_SIZE]
+
+
+def requeue_letters(
+    redis_client: redis.Redis, letters: Sequence[DeadLetterEntry], settings: Settings
+) -> list[str]:
+    """Move ``letters`` to the end of the events stream in one MULTI/EXEC; new IDs."""
+    if not letters:
+        return []
+    pipe = redis_client.pipeline(transaction=True)
+    for letter in letters:
+        fields: Any = letter.original_fields()
+        pipe.xadd(settings.stream, fields)
+        pipe.xdel(settings.dead_stream, letter.id)
+    replies = pipe.execute()
+    new_ids = [_text(reply) for reply in replies[0::2]]
+    for letter, new_id, deleted in zip(letters, new_ids, replies[1::2], strict=True):
+        if not deleted:
+            log.warning(
+                "dead letter was removed by someone else while being requeued; "
+                "a second copy is harmless (same origin_id)",
+                id=letter.id,
+                new_id=new_id,
+            )
+        log.info("dead letter requeued", id=letter.id, new_id=new_id, origin_id=letter.origin_id)
+    return new_ids
+
+
+def requeue(
+    redis_client: redis.Redis,
+    ids: Sequence[str] | None = None,
+    *,
+    reason: str | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Put dead letters back on the events stream (``None`` ids: all of them, or all of
+    one ``reason``); returns how many were requeued. Unknown IDs are skipped."""
+    settings = settings or Settings()
+    moved = 0
+    for page in _selected_pages(redis_client, ids, reason, settings):
+        moved += len(requeue_letters(redis_client, page, settings))
+    return moved
+
+
+def drop(
+    redis_client: redis.Redis,
+    ids: Sequence[str] | None,
+    *,
+    reason: str | None = None,
+    settings: Settings | None = None,
+) -> int:
+    """Delete dead letters for good (``None`` ids: all of them, or all of one
+    ``reason``; no default, so that dropping everything is always explicit)."""
+    settings = settings or Settings()
+    dropped = 0
+    for page in _selected_pages(redis_client, ids, reason, settings):
+        dropped += int(redis_client.xdel(settings.dead_stream, *(letter.id for letter in page)))
+    return dropped

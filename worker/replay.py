@@ -1,0 +1,308 @@
+"""Re-applying stream history to MongoDB, e.g. after restoring a backup.
+
+Replay reads the events stream with XRANGE, outside the consumer group: it
+acknowledges nothing, claims nothing and leaves the group's position and pending
+list as they are, so it can run next to live workers. Each entry goes through the
+worker's own code (:func:`worker.batch.plan_entry`, then the store's guarded
+update), one entry at a time and never coalesced, so the guards make a replay
+idempotent: what the document already holds comes back as ``duplicate``.
+
+Bad entries are counted under their outcome (``invalid``, ``unsupported_version``)
+and not dead-lettered: the worker already did that when it first saw them.
+
+An outage of MongoDB or Redis is waited out with the worker's exponential backoff
+for up to ``outage_timeout_s``; after that, :class:`ReplayInterrupted` says which
+ID to resume from (``--from``). Resuming is safe: nothing before that ID is
+applied twice in effect.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, Final, TypeVar
+
+import redis
+import structlog
+from pymongo.database import Database
+
+from worker.batch import plan_entry
+from worker.consumer import REDIS_OUTAGES, Backoff
+from worker.events import Limits
+from worker.outcomes import Outcome
+from worker.positions import InvalidStreamId, StreamPosition
+from worker.settings import Settings
+from worker.store import JobStore, MongoJobStore, StoreUnavailable
+from worker.stream import Entry
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE: Final = 500
+DEFAULT_OUTAGE_TIMEOUT_S: Final = 60.0
+
+_MILLISECONDS = re.compile(r"^\d{1,20}$")
+_STREAM_ID = re.compile(r"^\d+-\d+$")
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_PART: Final = 2**64 - 1
+
+T = TypeVar("T")
+
+
+class InvalidBound(ValueError):
+    """A ``--from``/``--to`` that is neither a stream ID nor an ISO-8601 time."""
+
+
+class ReplayInterrupted(Exception):
+    """MongoDB or Redis stayed unavailable: ``resume_from`` is where to start again."""
+
+    def __init__(self, message: str, resume_from: str, report: ReplayReport) -> None:
+        super().__init__(message)
+        self.resume_from = resume_from
+        self.report = report
+
+
+@dataclass
+class ReplayReport:
+    """What a replay did: outcome counts, plus what it read and skipped."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    read: int = 0
+    skipped: int = 0
+    last_id: str | None = None
+    applied_by_job: Counter[str] = field(default_factory=Counter)
+
+
+def parse_bound(text: str) -> str:
+    """An XRANGE bound from a stream ID (``1700000000000-0``), milliseconds
+    (``1700000000000``), ``-``/``+``, or an ISO-8601 time (naive means UTC).
+
+    Milliseconds alone and times are whole-millisecond bounds: as a start they
+    include the millisecond's first entry, as an end its last one.
+    """
+    value = text.strip()
+    if value in ("-", "+"):
+        return value
+    if _MILLISECONDS.match(value):
+        if int(value) > _MAX_PART:
+            raise InvalidBound(f"milliseconds out of range: {text!r}")
+        return str(int(value))
+    if _STREAM_ID.match(value):
+        try:
+            return str(StreamPosition.parse(value))
+        except InvalidStreamId as error:
+            raise InvalidBound(str(error)) from None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidBound(
+            f"not a stream ID (<ms>-<seq> or <ms>) nor an ISO-8601 time: {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    milliseconds = (moment - _EPOCH) // timedelta(milliseconds=1)
+    if milliseconds < 0:
+        raise InvalidBound(f"time before 1970 cannot be in a stream: {text!r}")
+    return str(milliseconds)
+
+
+def id_after(entry_id: str) -> str:
+    """The smallest ID after ``entry_id``: an inclusive bound equal to ``(entry_id``."""
+    position = StreamPosition.parse(entry_id)
+    if position.sequence < _MAX_PART:
+        return f"{position.milliseconds}-{position.sequence + 1}"
+    return f"{position.milliseconds + 1}-0"
+
+
+def _milliseconds(entry_id: Any) -> int:
+    return StreamPosition.parse(entry_id).milliseconds
+
+
+def estimate_total(redis_client: redis.Redis, stream: str, start: str, end: str) -> int:
+    """How many entries lie between ``start`` and ``end``, for a progress bar.
+
+    Exact (XLEN) for the whole stream; otherwise the stream's length scaled by the
+    share of its time span that the range covers. Cheap: four one-entry reads.
+    """
+    length = int(redis_client.xlen(stream))
+    if length == 0 or (start == "-" and end == "+"):
+        return length
+    first: Any = redis_client.xrange(stream, "-", "+", count=1)
+    last: Any = redis_client.xrevrange(stream, "+", "-", count=1)
+    low: Any = redis_client.xrange(stream, start, end, count=1)
+    high: Any = redis_client.xrevrange(stream, end, start, count=1)
+    if not low or not high:
+        return 0
+    span = _milliseconds(last[0][0]) - _milliseconds(first[0][0])
+    if span <= 0:
+        return length
+    covered = _milliseconds(high[0][0]) - _milliseconds(low[0][0])
+    return max(1, min(length, round(length * covered / span)))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _job_of(fields: dict[Any, Any]) -> str | None:
+    raw = fields.get(b"job_id", fields.get("job_id"))
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", "replace")
+    return raw if isinstance(raw, str) else None
+
+
+class _Patience:
+    """Retries one operation through outages, for at most ``timeout_s`` per outage."""
+
+    def __init__(
+        self, settings: Settings, timeout_s: float, sleep: Callable[[float], None]
+    ) -> None:
+        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
+        self.timeout_s = timeout_s
+        self.sleep = sleep
+
+    def call(self, operation: Callable[[], T], resume_from: str, report: ReplayReport) -> T:
+        began: float | None = None
+        while True:
+            try:
+                result = operation()
+            except (StoreUnavailable, *REDIS_OUTAGES) as error:
+                service = "MongoDB" if isinstance(error, StoreUnavailable) else "Redis"
+                now = time.monotonic()
+                if began is None:
+                    began = now
+                    log.warning("replay: outage, retrying", service=service, error=str(error))
+                if now - began >= self.timeout_s:
+                    raise ReplayInterrupted(
+                        f"{service} unavailable for {self.timeout_s:g} s ({error}); "
+                        f"{report.read} entries replayed; resume with --from {resume_from}",
+                        resume_from,
+                        report,
+                    ) from error
+                # Backoff doubles without bound on its failure count; past the ceiling
+                # only the count grows, so keep it small enough for float arithmetic.
+                self.backoff.failures = min(self.backoff.failures, 64)
+                self.sleep(self.backoff.next_delay())
+                continue
+            if began is not None:
+                log.warning("replay: outage over")
+            self.backoff.reset()
+            return result
+
+
+@dataclass
+class _Replay:
+    """One replay's fixed choices and its running report."""
+
+    store: JobStore
+    limits: Limits
+    dry_run: bool
+    job_id: str | None
+    patience: _Patience
+    report: ReplayReport = field(default_factory=ReplayReport)
+
+    def entry(self, entry_id: str, fields: dict[Any, Any]) -> None:
+        """Apply one entry exactly as the worker would, minus coalescing and dead letters."""
+        if self.job_id is not None and _job_of(fields) != self.job_id:
+            self.report.skipped += 1
+        else:
+            outcome = self._outcome(Entry(entry_id, fields))
+            self.report.counts[outcome.value] += 1
+        self.report.read += 1
+        self.report.last_id = entry_id
+
+    def _outcome(self, entry: Entry) -> Outcome:
+        planned = plan_entry(entry, self.limits)
+        if planned.outcome is not None:
+            return planned.outcome
+        event, position = planned.event, planned.position
+        assert event is not None and position is not None
+        outcome = self.patience.call(
+            lambda: self.store.apply(event, position, dry_run=self.dry_run), entry.id, self.report
+        )
+        if outcome is Outcome.APPLIED:
+            self.report.applied_by_job[event.job_id] += 1
+        return outcome
+
+
+def run_replay(
+    redis_client: redis.Redis,
+    store: JobStore,
+    settings: Settings,
+    start: str = "-",
+    end: str = "+",
+    *,
+    dry_run: bool = False,
+    job_id: str | None = None,
+    progress: Callable[[int], None] | None = None,
+    page_size: int = PAGE_SIZE,
+    outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ReplayReport:
+    """Replay ``[start, end]`` of ``settings.stream`` into ``store``; the full report.
+
+    Pages of ``page_size`` entries, each page continuing after the last ID seen
+    (``(<id>`` is exclusive). Raises :class:`InvalidBound` for a bad bound and
+    :class:`ReplayInterrupted` when an outage outlasts ``outage_timeout_s``.
+    """
+    if page_size < 1:
+        raise ValueError(f"page_size must be at least 1, got {page_size}")
+    start, end = parse_bound(start), parse_bound(end)
+    patience = _Patience(settings, outage_timeout_s, sleep)
+    run = _Replay(store, settings.limits, dry_run, job_id, patience)
+    cursor = start
+    while True:
+        last = run.report.last_id
+        raw: Any = patience.call(
+            partial(redis_client.xrange, settings.stream, cursor, end, count=page_size),
+            start if last is None else id_after(last),
+            run.report,
+        )
+        for entry_id, fields in raw:
+            run.entry(_text(entry_id), dict(fields))
+        if progress is not None:
+            progress(run.report.read)
+        if len(raw) < page_size:
+            return run.report
+        cursor = "(" + _text(raw[-1][0])
+
+
+def replay(
+    redis_client: redis.Redis,
+    database: Database[Any] | None,
+    start: str = "-",
+    end: str = "+",
+    dry_run: bool = False,
+    *,
+    job_id: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[int], None] | None = None,
+    store: JobStore | None = None,
+    page_size: int = PAGE_SIZE,
+    outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
+) -> dict[str, int]:
+    """Re-apply the stream's entries from ``start`` to ``end`` (inclusive); ``{outcome:
+    count}``. Bounds are stream IDs, milliseconds or ISO-8601 times; ``dry_run``
+    decides every outcome and writes nothing; ``job_id`` replays one job only."""
+    settings = settings or Settings()
+    if store is None:
+        if database is None:
+            raise ValueError("replay needs a database or a store")
+        store = MongoJobStore(database)
+    report = run_replay(
+        redis_client,
+        store,
+        settings,
+        start,
+        end,
+        dry_run=dry_run,
+        job_id=job_id,
+        progress=progress,
+        page_size=page_size,
+        outage_timeout_s=outage_timeout_s,
+    )
+    return dict(report.counts)
