@@ -20,12 +20,12 @@ from tests.redis_server import RedisServer
 from worker.logs import configure_logging
 
 
-
 @pytest.fixture(autouse=True)
 def _logging_at_info() -> None:
     """Each test starts from the same logging setup (commands under test reconfigure it);
     per-entry debug lines would only slow the tests."""
     configure_logging("info", "console")
+
 
 SAMPLES = Path(__file__).resolve().parent.parent.parent / "shared" / "samples"
 if not SAMPLES.is_dir():  # a clone placed elsewhere: samples are also vendored

@@ -17,10 +17,8 @@ from structlog.testing import capture_logs
 from tests.redis_server import RedisServer
 from tests.support import (
     DEAD,
-    GROUP,
     STREAM,
     decoded_metrics,
-    job_of,
     last_snapshots,
     pending_of,
     publish,
@@ -69,7 +67,8 @@ def _finished(database, job_id, entries):
     server, clients = decoded_metrics(document)
     expected_server, expected_clients = last_snapshots(entries)
     return server == expected_server and all(
-        m == expected_clients[c["uuid"]] for c, m in zip(document["clients_info"], clients)
+        m == expected_clients[c["uuid"]]
+        for c, m in zip(document["clients_info"], clients, strict=True)
     )
 
 

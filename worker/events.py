@@ -161,7 +161,9 @@ class JobStatusEvent(_Entry):
 
     type: Literal["job.status"]
     status: JobStatus
-    error_message: OptionalText = Field(default=None, description="why a job finished with an error")
+    error_message: OptionalText = Field(
+        default=None, description="why a job finished with an error"
+    )
 
 
 Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent
