@@ -1,0 +1,210 @@
+"""``florist-worker demo``: the whole event path in one process, on embedded defaults.
+
+::
+
+    florist-worker demo                       # local Redis if one answers, else fakeredis
+    florist-worker demo --fast                # no pauses between events
+    florist-worker demo --fake-redis          # never look for a Redis server
+    florist-worker demo --redis-url redis://host:6379/0 --mongodb-uri mongodb://host:27017
+
+Only the flags choose the services: ``FLORIST_REDIS_URL`` and ``FLORIST_MONGODB_URI`` are
+ignored, so a demo never writes to configured services unless asked. Exit codes: 0 when
+the job ends FINISHED_SUCCESSFULLY with no dead letters, 1 when it does not or a service
+cannot be reached, 2 for bad flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Final
+
+import redis
+from pydantic import ValidationError
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.connections import MEMORY_URI, connect_database, connect_redis
+from worker.demo import DEFAULT_PACE_S, DemoNames, demo_settings, run_demo
+from worker.logs import configure_logging
+from worker.settings import Settings, redact_url
+
+PROG: Final = "florist-worker demo"
+LOCAL_REDIS_URL: Final = "redis://localhost:6379/0"
+PROBE_TIMEOUT_S: Final = 0.5
+EXPLICIT_TIMEOUT_S: Final = 2.0
+EXIT_OK: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_INTERRUPTED: Final = 130
+
+
+class SetupError(Exception):
+    """A service the demo needs is not there; the message says how to fix it."""
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run a sample FL job through producers, stream and worker, in one process",
+        description="Create the sample job, publish its 3-round run as an FL server and two "
+        "clients would (through StreamMetricsReporter), apply it with a Worker, and print "
+        "progress and the final document. Uses a stream, group and dead-letter stream of its "
+        "own and deletes them at the end. Exits 1 unless the job ends FINISHED_SUCCESSFULLY "
+        "with no dead letters.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--redis-url",
+        help=f"use this Redis (it must answer); default: {LOCAL_REDIS_URL} when it answers "
+        f"within {PROBE_TIMEOUT_S} s, else the in-process fakeredis",
+    )
+    where.add_argument(
+        "--fake-redis",
+        action="store_true",
+        help="use the in-process fakeredis without looking for a Redis server",
+    )
+    parser.add_argument(
+        "--mongodb-uri",
+        default=MEMORY_URI,
+        help=f"MongoDB to write the demo job to (default: {MEMORY_URI}, in-memory)",
+    )
+    parser.add_argument("--mongodb-db", default="florist-server", help="database name")
+    parser.add_argument(
+        "--keep-job",
+        action="store_true",
+        help="keep the demo job document in a real MongoDB (removed by default)",
+    )
+    pace = parser.add_mutually_exclusive_group()
+    pace.add_argument(
+        "--pace",
+        type=float,
+        default=DEFAULT_PACE_S,
+        metavar="SECONDS",
+        help=f"pause between events (default: {DEFAULT_PACE_S})",
+    )
+    pace.add_argument("--fast", action="store_true", help="no pauses (same as --pace 0)")
+    parser.set_defaults(handler=handle)
+
+
+def handle(arguments: argparse.Namespace) -> int:
+    configure_logging("warning", "auto")
+    pace_s = 0.0 if arguments.fast else arguments.pace
+    if pace_s < 0:
+        return _fail(f"--pace must be 0 or more, got {pace_s}", 2)
+    names = DemoNames.fresh()
+    try:
+        settings = demo_settings(
+            names,
+            redis_url=arguments.redis_url or LOCAL_REDIS_URL,
+            mongodb_uri=arguments.mongodb_uri,
+            mongodb_db=arguments.mongodb_db,
+        )
+    except ValidationError as error:
+        return _fail(f"invalid settings: {error.errors(include_url=False)[0]['msg']}", 2)
+    try:
+        redis_client, redis_text = open_redis(arguments.redis_url, arguments.fake_redis, settings)
+        database, database_text = open_database(settings)
+    except SetupError as error:
+        return _fail(str(error), EXIT_FAILED)
+    print(f"Redis:   {redis_text}", flush=True)
+    print(f"MongoDB: {database_text}", flush=True)
+    memory = settings.mongodb_uri.startswith(MEMORY_URI)
+    try:
+        result = run_demo(
+            redis_client,
+            database,
+            names=names,
+            settings=settings,
+            pace_s=pace_s,
+            remove_job=not memory and not arguments.keep_job,
+            out=sys.stdout,
+        )
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except (redis.RedisError, PyMongoError) as error:
+        return _fail(f"a service failed during the demo: {type(error).__name__}: {error}", 1)
+    finally:
+        redis_client.close()
+    if result.problems:
+        return _fail("demo FAILED: " + "; ".join(result.problems), EXIT_FAILED)
+    print("demo OK: the job finished successfully and no entry was dead-lettered", flush=True)
+    return EXIT_OK
+
+
+def open_redis(
+    url: str | None,
+    fake: bool,
+    settings: Settings,
+    *,
+    probe_url: str = LOCAL_REDIS_URL,
+) -> tuple[redis.Redis, str]:
+    """The Redis to use and a line saying which: ``url``, else ``probe_url``, else fakeredis."""
+    if fake:
+        return _fake_redis("--fake-redis needs fakeredis: pip install fakeredis"), (
+            "in-process fakeredis (--fake-redis)"
+        )
+    if url is not None:
+        problem = _ping(url, EXPLICIT_TIMEOUT_S)
+        if problem is not None:
+            raise SetupError(f"Redis at {redact_url(url)} (--redis-url) did not answer: {problem}")
+        return connect_redis(settings), f"{redact_url(url)} (--redis-url)"
+    problem = _ping(probe_url, PROBE_TIMEOUT_S)
+    if problem is None:
+        return connect_redis(settings.model_copy(update={"redis_url": probe_url})), (
+            f"local Redis at {probe_url}"
+        )
+    client = _fake_redis(
+        f"no Redis answered at {probe_url} within {PROBE_TIMEOUT_S} s ({problem}) and "
+        "fakeredis is not installed. Either start Redis there (or pass --redis-url URL), or "
+        "install fakeredis: pip install fakeredis"
+    )
+    return client, f"in-process fakeredis (no Redis answered at {probe_url}: {problem})"
+
+
+def open_database(settings: Settings) -> tuple[Database[Any], str]:
+    """The database and a line saying which; a real MongoDB must answer a ping first."""
+    database = connect_database(settings)
+    if settings.mongodb_uri.startswith(MEMORY_URI):
+        return database, f"in-memory ({MEMORY_URI}): nothing is kept after the demo"
+    uri = redact_url(settings.mongodb_uri)
+    try:
+        database.command("ping")
+    except PyMongoError as error:
+        raise SetupError(f"MongoDB at {uri} did not answer: {error}") from None
+    return database, f"{uri}, database {settings.mongodb_db}"
+
+
+def _ping(url: str, timeout_s: float) -> str | None:
+    """None when Redis at ``url`` answers PING within ``timeout_s``, else why not."""
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError as error:
+        return f"bad URL: {error}"
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        client.close()
+    return None
+
+
+def _fake_redis(missing: str) -> redis.Redis:
+    try:
+        import fakeredis  # test extra only: imported when no Redis is there
+    except ImportError:
+        raise SetupError(missing) from None
+    client: redis.Redis = fakeredis.FakeRedis()
+    return client
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return code
