@@ -44,3 +44,21 @@ def test_every_command_is_documented():
 
     for command in COMMANDS:
         assert command in text.split("## Command line", 1)[1]
+
+
+def test_run_help_documents_every_setting_with_its_default(capsys, monkeypatch):
+    import pytest
+
+    from worker.cli import main
+
+    monkeypatch.setenv("COLUMNS", "2000")  # no wrapping inside names
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, field in Settings.model_fields.items():
+        assert f"--{name.replace('_', '-')}" in text
+        assert f"env {env_name(name)}; default" in text
+        if field.default_factory is None:
+            assert f"env {env_name(name)}; default {field.default}]" in text, name
