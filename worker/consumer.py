@@ -101,6 +101,7 @@ class Worker:
         self._outage: str | None = None
         self._nogroup_logged = False
         self._own_pending_recovered = False
+        self._running = False  # only run() keeps a heartbeat; drain() leaves no file behind
         self._last_claim = 0.0
         self._last_heartbeat = 0.0
         self._last_summary = time.monotonic()
@@ -129,6 +130,7 @@ class Worker:
         """Consume until :meth:`stop`, SIGTERM or SIGINT; finish the batch in hand first."""
         with self._signals_stop():
             log.info("worker starting", **self.settings.redacted())
+            self._running = True
             try:
                 self._call(lambda: None)
                 self._recover_own_pending()
@@ -139,6 +141,7 @@ class Worker:
             except Stopping:
                 pass
             finally:
+                self._running = False
                 remove_heartbeat(self.settings.heartbeat_file)
                 self._log_summary()
                 log.info("worker stopped", consumer=self.settings.consumer)
@@ -328,6 +331,7 @@ class Worker:
             self._outage = which
         else:
             log.debug("still unavailable", service=which, retry_in_s=round(delay, 2))
+        self._beat_during_outage()
         if self._stop.wait(delay):
             raise Stopping
 
@@ -348,6 +352,20 @@ class Worker:
         if now - self._last_summary >= self.settings.summary_interval_s:
             self._last_summary = now
             self._log_summary()
+
+    def _beat_during_outage(self) -> None:
+        """The loop is alive but a service is down: say which, so the healthcheck reports
+        the outage rather than a stuck loop (and a worker that starts during one)."""
+        now = time.monotonic()
+        if not self._running or now - self._last_heartbeat < self.settings.heartbeat_interval_s:
+            return
+        self._last_heartbeat = now
+        write_heartbeat(
+            self.settings.heartbeat_file,
+            self.settings.consumer,
+            redis_ok=self._redis_ok,
+            mongodb_ok=self._store_ok,
+        )
 
     def _heartbeat(self) -> None:
         try:

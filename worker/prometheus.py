@@ -1,0 +1,204 @@
+"""Prometheus metrics: what the worker did (counters, histograms) and how far behind it is.
+
+Event counters and batch histograms are fed by the consume loop through
+:meth:`PrometheusObserver.batch_settled`. Lag, pending entries and dead letters
+are not the loop's to count (other workers share the group; dead letters are
+requeued): they are read from Redis when Prometheus scrapes, through
+:func:`worker.stats.collect_stats`, cached briefly so that several scrapers do not
+multiply the load, and left out (with ``florist_worker_stats_up 0``) while Redis does
+not answer, so a scrape never fails because of an outage.
+
+Each exporter has its own ``CollectorRegistry``: nothing is registered globally, so
+tests (or one process embedding several workers) can create as many as they like.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from wsgiref.simple_server import WSGIServer
+
+import redis
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from worker.batch import Planned
+from worker.connections import connect_redis
+from worker.outcomes import Outcome
+from worker.settings import Settings
+from worker.stats import StreamStats, collect_stats
+
+log = structlog.get_logger(__name__)
+
+PREFIX = "florist_worker"
+STATS_CACHE_S = 2.0
+BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
+APPLY_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+DEFAULT_ADDR = "0.0.0.0"  # noqa: S104 (scraped from outside the container)
+
+
+class CachedStats:
+    """``collect_stats`` at most once per ``max_age_s``; a failure is cached too, so an
+    outage is not hammered by every scrape. ``get()`` is ``None`` while Redis fails."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], StreamStats],
+        max_age_s: float = STATS_CACHE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fetch = fetch
+        self._max_age_s = max_age_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._fetched_at: float | None = None
+        self._value: StreamStats | None = None
+        self._failing = False
+
+    def get(self) -> StreamStats | None:
+        with self._lock:
+            now = self._clock()
+            if self._fetched_at is not None and now - self._fetched_at < self._max_age_s:
+                return self._value
+            self._fetched_at = now
+            try:
+                self._value = self._fetch()
+            except redis.RedisError as error:
+                self._value = None
+                if not self._failing:
+                    log.warning("metrics: stream stats unavailable", error=str(error))
+                self._failing = True
+            else:
+                if self._failing:
+                    log.info("metrics: stream stats available again")
+                self._failing = False
+            return self._value
+
+
+class StreamCollector:
+    """Gauges computed at scrape time from a (cached) stats snapshot."""
+
+    def __init__(self, stats: CachedStats) -> None:
+        self.stats = stats
+
+    def describe(self) -> Iterable[Metric]:
+        """Names only, so registering never touches Redis."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        stats = self.stats.get()
+        families = self._families()
+        up, lag, pending, dead, length, oldest = families
+        up.add_metric([], 0 if stats is None else 1)
+        if stats is not None:
+            if stats.lag is not None:  # unknown lag is left out, never reported as 0
+                lag.add_metric([], stats.lag)
+            pending.add_metric([], stats.pending)
+            dead.add_metric([], stats.dead_letters)
+            length.add_metric([], stats.length)
+            idle_ms = stats.oldest_pending_idle_ms
+            oldest.add_metric([], 0 if idle_ms is None else idle_ms / 1000)
+        return families
+
+    @staticmethod
+    def _families() -> list[GaugeMetricFamily]:
+        return [
+            GaugeMetricFamily(
+                f"{PREFIX}_stats_up", "1 if the stream stats below could be read from Redis"
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_lag", "entries of the stream not yet delivered to the consumer group"
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_pending", "entries delivered to the group but not yet acknowledged"
+            ),
+            GaugeMetricFamily(f"{PREFIX}_dead_letters", "entries in the dead-letter stream"),
+            GaugeMetricFamily(f"{PREFIX}_stream_length", "entries in the events stream"),
+            GaugeMetricFamily(
+                f"{PREFIX}_oldest_pending_idle_seconds",
+                "idle time of the oldest pending entry (0 when none is pending)",
+            ),
+        ]
+
+
+class PrometheusObserver:
+    """A :class:`worker.consumer.BatchObserver` that counts into its own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.events = Counter(
+            f"{PREFIX}_events",
+            "entries handled, by outcome and event type (unknown when unparsable)",
+            ["outcome", "type"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "entries per settled batch",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.apply_seconds = Histogram(
+            f"{PREFIX}_apply_seconds",
+            "time to apply and settle one batch, outage waits included",
+            buckets=APPLY_SECONDS_BUCKETS,
+            registry=self.registry,
+        )
+        self.server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+        for item, outcome in results:
+            self.events.labels(outcome=outcome.value, type=item.event_type).inc()
+        self.batch_size.observe(len(results))
+        self.apply_seconds.observe(seconds)
+
+    def watch_stream(
+        self, redis_client: redis.Redis, settings: Settings, cache_s: float = STATS_CACHE_S
+    ) -> None:
+        """Add the scrape-time gauges (lag, pending, dead letters, ...) for this stream."""
+        cached = CachedStats(
+            lambda: collect_stats(redis_client, settings, count_reasons=False), cache_s
+        )
+        self.registry.register(StreamCollector(cached))
+
+    def serve(self, port: int, addr: str = DEFAULT_ADDR) -> int:
+        """Serve ``/metrics`` from a daemon thread; returns the port (useful with 0)."""
+        self.server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
+        return int(self.server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        return None if self.server is None else int(self.server.server_port)
+
+    def close(self) -> None:
+        """Stop serving (the worker does not need this: the thread is a daemon)."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+
+def start_exporter(
+    settings: Settings,
+    *,
+    redis_client: redis.Redis | None = None,
+    addr: str = DEFAULT_ADDR,
+    cache_s: float = STATS_CACHE_S,
+) -> PrometheusObserver:
+    """Serve ``/metrics`` on ``settings.metrics_port`` and return the observer to pass to
+    the :class:`~worker.consumer.Worker`. Stream gauges use their own Redis client
+    unless one is given, so a slow scrape never waits on the worker's connection."""
+    if settings.metrics_port is None:
+        raise ValueError("start_exporter needs settings.metrics_port")
+    observer = PrometheusObserver()
+    observer.watch_stream(redis_client or connect_redis(settings), settings, cache_s)
+    port = observer.serve(settings.metrics_port, addr)
+    log.info("metrics served", port=port, path="/metrics")
+    return observer
