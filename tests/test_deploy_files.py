@@ -599,6 +599,7 @@ def test_acl_file_loads_as_a_redis_config_file(tmp_path: Path) -> None:
 
 def load_emitter() -> ModuleType:
     import worker.producer  # noqa: F401  (the emitter imports it; fail loudly if it breaks)
+
     spec = importlib.util.spec_from_file_location("florist_deploy_emitter", EMITTER)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
