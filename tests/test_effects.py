@@ -47,10 +47,12 @@ def test_client_write_matches_the_uuid_exactly():
     )
     write = first_write(event, P)
     assert write is not None
-    assert write.filter["clients_info"]["$elemMatch"]["uuid"] == "u.1"
+    assert write.filter["clients_info.uuid"] == "u.1"
+    assert write.filter["clients_info"]["$not"]["$elemMatch"]["uuid"] == "u.1"
+    assert write.array_filters == [{"client.uuid": "u.1"}]
     assert set(write.update["$set"]) == {
-        "clients_info.$.metrics",
-        "clients_info.$.metrics_position",
+        "clients_info.$[client].metrics",
+        "clients_info.$[client].metrics_position",
     }
 
 

@@ -41,6 +41,11 @@ def plan_entry(entry: Entry, limits: Limits) -> Planned:
         position = event.position(entry.id)
     except InvalidEntry as error:
         return Planned(entry, outcome=Outcome(error.outcome), error=error.message)
+    if event.origin_id is not None and position >= StreamPosition.parse(entry.id):
+        # A requeued entry is always written after its first ID; a later origin_id
+        # would let one producer freeze a target or win the first finish.
+        message = f"origin_id {event.origin_id} is not before the entry's own ID {entry.id}"
+        return Planned(entry, outcome=Outcome.INVALID, error=message)
     return Planned(entry, event=event, position=position)
 
 

@@ -33,13 +33,21 @@ from worker.batch import Planned, plan_batch
 from worker.health import remove_heartbeat, write_heartbeat
 from worker.outcomes import Outcome
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, StoreUnavailable
+from worker.store import JobStore, MongoJobStore, StoreRejected, StoreUnavailable
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
 
 log = structlog.get_logger(__name__)
 
 # Redis failures that mean "not reachable right now", as opposed to a bad command.
-REDIS_OUTAGES = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+REDIS_OUTAGES = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,  # a demoted primary during a failover
+    redis.exceptions.MasterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.OutOfMemoryError,
+)
 
 
 class Stopping(Exception):
@@ -195,6 +203,8 @@ class Worker:
             self._handle(retries)
             handled = True
         for _page in range(100):  # bounded, so a huge PEL cannot starve new entries
+            if self._stop.is_set():
+                break
             claimed, trimmed = self._call(
                 lambda: self.stream.claim_abandoned(
                     self.settings.claim_idle_ms, self.settings.batch_size
@@ -216,6 +226,8 @@ class Worker:
         done: dict[str, Outcome] = {}
         while True:
             try:
+                if not self._group_ready:
+                    self._ensure_group()
                 results, acknowledged, dead = self._apply(planned, done)
                 self.stream.settle(acknowledged, dead)
             except (StoreUnavailable, *REDIS_OUTAGES) as error:
@@ -239,18 +251,25 @@ class Worker:
         for item in planned:
             entry_id = item.entry.id
             outcome = done.get(entry_id) or item.outcome
+            error = item.error
             if outcome is None:
                 assert item.event is not None and item.position is not None
-                outcome = self.store.apply(item.event, item.position)
+                try:
+                    outcome = self.store.apply(item.event, item.position)
+                except StoreRejected as rejected:
+                    outcome, error = Outcome.STORE_ERROR, str(rejected)
+                    log.error("MongoDB refused an entry", id=entry_id, error=error)
                 done[entry_id] = outcome
             results.append((item, outcome))
             if outcome.dead_at_once:
-                dead.append(DeadLetter(item.entry, outcome.value, item.error, 1))
+                dead.append(DeadLetter(item.entry, outcome.value, error, 1))
             elif outcome.retryable:
                 deliveries = self.stream.deliveries(entry_id)
                 if deliveries >= self.settings.max_deliveries:
-                    error = f"{outcome.value} after {deliveries} deliveries"
-                    dead.append(DeadLetter(item.entry, outcome.value, error, deliveries))
+                    reason = f"{outcome.value} after {deliveries} deliveries"
+                    if error:
+                        reason = f"{reason}: {error}"
+                    dead.append(DeadLetter(item.entry, outcome.value, reason, deliveries))
             else:
                 acknowledged.append(entry_id)
         return results, acknowledged, dead
@@ -312,12 +331,11 @@ class Worker:
 
     def _recreate_group(self) -> None:
         """The stream or group vanished (Redis restarted without persistence, or the
-        stream was deleted): recreate the group and go on."""
+        stream was deleted): the next attempt recreates the group and goes on."""
         if not self._nogroup_logged:
             log.warning("consumer group missing: recreating it", group=self.stream.group)
             self._nogroup_logged = True
         self._group_ready = False
-        self._ensure_group()
 
     def _wait_out(self, error: Exception) -> None:
         which = "mongodb" if isinstance(error, StoreUnavailable) else "redis"

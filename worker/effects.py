@@ -57,6 +57,7 @@ class Write:
     filter: dict[str, Any]
     update: dict[str, Any]
     outcome: Outcome = Outcome.APPLIED
+    array_filters: list[dict[str, Any]] | None = None
 
 
 def _not_at_or_after(key: str) -> dict[str, Any]:
@@ -95,16 +96,24 @@ def _is_finishing(event: Event) -> bool:
 
 
 def _client_write(event: ClientMetricsEvent, key: str) -> Write:
-    """``$elemMatch`` picks the element by exact uuid; ``$`` updates that element."""
-    element = {"uuid": event.client_uuid, CLIENT_POSITION: _not_at_or_after(key)}
+    """Every element whose uuid equals ``client_uuid`` exactly is guarded and updated
+    alike (an array filter), so a list with a repeated uuid cannot take an old snapshot
+    into its second copy."""
+    uuid = event.client_uuid
+    newer_or_same = {"uuid": uuid, CLIENT_POSITION: {"$gte": key}}
     return Write(
-        {"_id": event.job_id, "clients_info": {"$elemMatch": element}},
+        {
+            "_id": event.job_id,
+            "clients_info.uuid": uuid,
+            "clients_info": {"$not": {"$elemMatch": newer_or_same}},
+        },
         _update(
             {
-                "clients_info.$.metrics": dumps_strict(event.metrics),
-                f"clients_info.$.{CLIENT_POSITION}": key,
+                "clients_info.$[client].metrics": dumps_strict(event.metrics),
+                f"clients_info.$[client].{CLIENT_POSITION}": key,
             }
         ),
+        array_filters=[{"client.uuid": uuid}],
     )
 
 
@@ -178,8 +187,8 @@ def _after_miss_client(
     matching = [c for c in clients if isinstance(c, dict) and c.get("uuid") == event.client_uuid]
     if not matching:
         return Outcome.UNKNOWN_CLIENT
-    current = matching[0].get(CLIENT_POSITION)
-    if isinstance(current, str) and current >= key:
+    positions = [c.get(CLIENT_POSITION) for c in matching]
+    if any(isinstance(current, str) and current >= key for current in positions):
         return Outcome.DUPLICATE
     return _client_write(event, key)  # the element changed under us: same guard again
 

@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     UNSUPPORTED_VERSION = "unsupported_version"
     UNKNOWN_JOB = "unknown_job"
     UNKNOWN_CLIENT = "unknown_client"
+    STORE_ERROR = "store_error"
     LOST = "lost"
 
     @property
@@ -25,5 +26,6 @@ class Outcome(StrEnum):
 
     @property
     def retryable(self) -> bool:
-        """Entries that may succeed later (the API has not stored the job or uuid yet)."""
-        return self in (Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT)
+        """Entries that may succeed later (the API has not stored the job or uuid yet;
+        MongoDB refused this one write), kept pending until ``max_deliveries``."""
+        return self in (Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT, Outcome.STORE_ERROR)

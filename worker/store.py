@@ -2,10 +2,10 @@
 
 :class:`MongoJobStore` runs the writes that :mod:`worker.effects` plans: one guarded
 ``update_one`` per event, checked by ``assert_updated_successfully``, and a
-projected read only when that update matched nothing. Any ``PyMongoError`` is
+projected read only when that update matched nothing. A connection failure is
 reported as :class:`StoreUnavailable`: the worker then backs off and retries the
 whole batch, acknowledging nothing, so an outage can never lose or dead-letter an
-event.
+event. Any other refusal is :class:`StoreRejected`, a failure of that one entry.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Final, Protocol
 
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
 
 from worker import effects
 from worker.entities import JOB_COLLECTION, assert_updated_successfully
@@ -27,9 +27,30 @@ from worker.positions import StreamPosition
 # which a handful of workers cannot do more than a few times in a row.
 MAX_WRITE_ATTEMPTS: Final = 8
 
+# Server error codes that mean "not now" (shutting down, not primary, interrupted,
+# exceeded time limit, lock timeouts), from MongoDB's retryable-writes specification.
+RETRYABLE_CODES: Final = frozenset(
+    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 50, 24, 46, 112, 134}
+)
+
 
 class StoreUnavailable(Exception):
-    """MongoDB did not answer (or refused): transient, retry later, acknowledge nothing."""
+    """MongoDB did not answer: transient, retry later, acknowledge nothing."""
+
+
+class StoreRejected(Exception):
+    """MongoDB answered but refused this one write (a document over 16 MiB, a collection
+    validator): the entry is kept pending and dead-lettered after ``max_deliveries``,
+    instead of blocking every entry behind it."""
+
+
+def is_outage(error: PyMongoError) -> bool:
+    """Connection-type failures and errors MongoDB itself labels retryable."""
+    if isinstance(error, ConnectionFailure | WriteConcernError):
+        return True
+    return error.has_error_label("RetryableWriteError") or (
+        isinstance(error, OperationFailure) and error.code in RETRYABLE_CODES
+    )
 
 
 class JobStore(Protocol):
@@ -55,13 +76,17 @@ class MongoJobStore:
         try:
             return self._apply(event, position, dry_run)
         except PyMongoError as error:
-            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            if is_outage(error):
+                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            raise StoreRejected(f"{type(error).__name__}: {error}") from error
 
     def _apply(self, event: Event, position: StreamPosition, dry_run: bool) -> Outcome:
         write = None if dry_run else effects.first_write(event, position)
         for _ in range(MAX_WRITE_ATTEMPTS):
             if write is not None:
-                result = self.collection.update_one(write.filter, write.update)
+                result = self.collection.update_one(
+                    write.filter, write.update, array_filters=write.array_filters
+                )
                 if result.matched_count:
                     assert_updated_successfully(result)
                     return write.outcome

@@ -41,6 +41,10 @@ class DeadLetter:
     deliveries: int
 
 
+class DeadStreamMisconfigured(Exception):
+    """The dead-letter stream's key is taken by another type: a configuration error."""
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -96,8 +100,20 @@ class GroupStream:
         self._own_cursor = "0"
         self._claim_cursor = "0-0"
 
+    def check_dead_stream(self) -> None:
+        """Refuse to start when the dead-letter key holds something else than a stream:
+        MULTI/EXEC does not roll back, so a failing XADD would still let XACK through."""
+        kind: Any = self.client.type(self.dead_stream)
+        kind = _text(kind)
+        if kind not in ("none", "stream"):
+            raise DeadStreamMisconfigured(
+                f"the dead-letter key {self.dead_stream!r} holds a {kind}, not a stream: "
+                "set FLORIST_DEAD_STREAM to a free key"
+            )
+
     def ensure_group(self) -> bool:
         """Create the group at ID 0 (missing nothing written before); True if created."""
+        self.check_dead_stream()
         try:
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except redis.ResponseError as error:
@@ -169,10 +185,9 @@ class GroupStream:
         reply: Any = self.client.xclaim(
             self.stream, self.group, self.consumer, min_idle_ms, claim_ids
         )
-        claimed = _entries(reply)
-        seen = {entry.id for entry in claimed}
-        # An ID that XCLAIM no longer returns was trimmed away while pending.
-        return claimed + [Entry(entry_id, None) for entry_id in ids if entry_id not in seen]
+        # An ID missing from the reply was trimmed (Redis drops it from the pending list
+        # itself) or was just claimed by another consumer: either way it is not ours.
+        return _entries(reply)
 
     def deliveries(self, entry_id: str) -> int:
         """How many times the group has delivered this entry (1 if it is not pending)."""

@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import structlog
+
 from worker.commands.options import add_settings_flags, settings_from
 from worker.connections import connect_database, connect_redis
 from worker.consumer import Worker
 from worker.logs import configure_logging
+from worker.stream import DeadStreamMisconfigured
+
+log = structlog.get_logger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -34,5 +39,9 @@ def handle(arguments: argparse.Namespace) -> int:
     worker = Worker(
         connect_redis(settings), connect_database(settings), settings, observers=observers
     )
-    worker.run()
+    try:
+        worker.run()
+    except DeadStreamMisconfigured as error:
+        log.error("cannot start", error=str(error))
+        return 2
     return 0
