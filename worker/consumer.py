@@ -15,6 +15,7 @@ guards in :mod:`worker.effects` make their interleaving harmless. The policy:
 
 from __future__ import annotations
 
+import logging
 import random
 import signal
 import threading
@@ -280,19 +281,25 @@ class Worker:
         dead: Sequence[DeadLetter],
         seconds: float,
     ) -> None:
+        self.counts.update(outcome.value for _item, outcome in results)
+        batch_log = log.bind()  # one logger per batch, not per entry: this is the hot path
+        enabled_for = getattr(batch_log, "is_enabled_for", None)  # structlog's filtering loggers
+        per_entry = enabled_for is None or enabled_for(logging.DEBUG)
+        dead_ids = {letter.entry.id for letter in dead}
         for item, outcome in results:
-            self.counts[outcome.value] += 1
             if outcome is Outcome.LOST:
-                log.error("entry lost: trimmed from the stream while pending", id=item.entry.id)
-            elif outcome.retryable and not any(d.entry.id == item.entry.id for d in dead):
-                log.info(
+                batch_log.error(
+                    "entry lost: trimmed from the stream while pending", id=item.entry.id
+                )
+            elif outcome.retryable and item.entry.id not in dead_ids:
+                batch_log.info(
                     "entry kept pending for a retry",
                     id=item.entry.id,
                     outcome=outcome.value,
                     job_id=item.event.job_id if item.event else None,
                 )
-            else:
-                log.debug(
+            elif per_entry:
+                batch_log.debug(
                     "entry handled", id=item.entry.id, outcome=outcome.value, type=item.event_type
                 )
         for letter in dead:

@@ -93,8 +93,8 @@ def _parse_metrics(value: Any, info: ValidationInfo) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise ValueError(f"metrics must be a JSON object, got {_json_kind(metrics)}")
     limit = (info.context or {}).get("max_metrics_depth", DEFAULT_MAX_METRICS_DEPTH)
-    depth = nesting_depth(metrics)
-    if depth > limit:
+    if nesting_depth(metrics, stop_after=limit) > limit:
+        depth = nesting_depth(metrics)  # the rare path: measure it all for the message
         raise ValueError(f"metrics is nested {depth} levels deep, over the limit of {limit}")
     return metrics
 
@@ -172,6 +172,21 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discrimi
 
 
 def _decode_fields(fields: FieldMap) -> tuple[dict[str, Any], int]:
+    """Field names and values as text, and the entry's size in bytes.
+
+    The common case (every key and value UTF-8 bytes) is one comprehension; anything
+    else takes the slow path, which names the offending field.
+    """
+    items: Any = fields.items()
+    try:
+        decoded = {key.decode(): value.decode() for key, value in items}
+    except (AttributeError, UnicodeDecodeError):
+        return _decode_fields_slowly(fields)
+    size = sum(len(key) + len(value) for key, value in fields.items())
+    return decoded, size
+
+
+def _decode_fields_slowly(fields: FieldMap) -> tuple[dict[str, Any], int]:
     decoded: dict[str, Any] = {}
     size = 0
     for raw_key, raw_value in fields.items():

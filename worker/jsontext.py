@@ -57,23 +57,22 @@ def dumps_strict(value: Any) -> str:
     )
 
 
-def nesting_depth(value: Any) -> int:
+def nesting_depth(value: Any, stop_after: int | None = None) -> int:
     """Depth of nested objects/arrays: a scalar is 0, ``{}`` is 1, ``{"a": {}}`` is 2.
 
-    Iterative, so a hostile document cannot exhaust the interpreter stack.
+    Walks level by level (never recursing, so a hostile document cannot exhaust the
+    stack) and looks only at containers; with ``stop_after`` it returns as soon as the
+    depth exceeds that bound.
     """
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            deepest = max(deepest, depth)
-            continue
+    depth = 0
+    level = [value] if isinstance(value, dict | list) else []
+    while level:
         depth += 1
-        deepest = max(deepest, depth)
-        stack.extend((child, depth) for child in children)
-    return deepest
+        if stop_after is not None and depth > stop_after:
+            return depth
+        children: list[Any] = []
+        for item in level:
+            members = item.values() if isinstance(item, dict) else item
+            children += [child for child in members if isinstance(child, dict | list)]
+        level = children
+    return depth
