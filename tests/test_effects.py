@@ -30,7 +30,8 @@ def test_server_metrics_write_is_guarded_by_position():
     write = first_write(_server(), P)
     assert write is not None
     assert write.filter == {"_id": "j", SERVER_POSITION: {"$not": {"$gte": P.key}}}
-    assert write.update == {"$set": {"server_metrics": '{"a":1}', SERVER_POSITION: P.key}}
+    # the text as received, since it is already strict JSON
+    assert write.update == {"$set": {"server_metrics": '{"a": 1}', SERVER_POSITION: P.key}}
 
 
 def test_fit_end_finishes_in_the_same_update():
@@ -134,3 +135,41 @@ def test_backoff_doubles_up_to_the_ceiling_and_survives_long_outages():
     assert delays[-1] >= 5.0
     backoff.reset()
     assert backoff.next_delay() <= 0.1
+
+
+def _sample_batch(entries, indices):
+    from tests.support import fixed_id
+
+    return [
+        Entry(fixed_id(i), {k.encode(): v.encode() for k, v in entries[i].items()})
+        for i in sorted(set(indices))
+    ]
+
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from tests.conftest import load_sample_entries  # noqa: E402
+from worker.batch import plan_batch_fully  # noqa: E402
+
+SAMPLES = load_sample_entries()
+
+
+@given(st.lists(st.integers(0, len(SAMPLES) - 1), min_size=1, max_size=38))
+def test_the_fast_planner_decides_exactly_as_the_full_one(indices):
+    batch = _sample_batch(SAMPLES, indices)
+    fast, full = plan_batch(batch, Limits()), plan_batch_fully(batch, Limits())
+    assert [p.outcome for p in fast] == [p.outcome for p in full]
+    assert [p.event for p in fast if p.outcome is None] == [
+        p.event for p in full if p.outcome is None
+    ]
+
+
+def test_an_invalid_newest_snapshot_does_not_swallow_the_older_ones():
+    older = {"v": "1", "type": "server.metrics", "job_id": "j", "metrics": '{"a": 1}'}
+    broken = {**older, "metrics": "{not json"}
+    batch = [
+        Entry("1-1", {k.encode(): v.encode() for k, v in older.items()}),
+        Entry("1-2", {k.encode(): v.encode() for k, v in broken.items()}),
+    ]
+    assert [p.outcome for p in plan_batch(batch, Limits())] == [None, Outcome.INVALID]

@@ -1,8 +1,14 @@
-"""Planning one batch, without I/O: parse every entry, then coalesce superseded snapshots.
+"""Planning one batch, without I/O: find superseded snapshots, then parse the rest.
 
 A snapshot event carries a target's whole current state, so within one batch only
 the newest per target needs writing; the older ones are ``coalesced``. This is what
 lets a backlog drain far faster than one write per entry.
+
+Coalescing needs only an entry's envelope (version, type, job, client, position), so
+that is read first, without parsing the metrics JSON; only the entries that will be
+written are parsed and validated in full. An entry superseded in its batch therefore
+has its envelope checked but not its metrics text, which would not be written anyway.
+If a superseding entry turns out invalid, the batch is planned again the slow way.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 from worker.effects import may_be_coalesced, metrics_target
 from worker.events import Event, InvalidEntry, Limits, parse_entry
 from worker.outcomes import Outcome
-from worker.positions import StreamPosition
+from worker.positions import InvalidStreamId, StreamPosition
 from worker.stream import Entry
 
 
@@ -26,10 +32,11 @@ class Planned:
     position: StreamPosition | None = None
     outcome: Outcome | None = None
     error: str = ""
+    type_hint: str = "unknown"
 
     @property
     def event_type(self) -> str:
-        return self.event.type if self.event is not None else "unknown"
+        return self.event.type if self.event is not None else self.type_hint
 
 
 def plan_entry(entry: Entry, limits: Limits) -> Planned:
@@ -49,8 +56,86 @@ def plan_entry(entry: Entry, limits: Limits) -> Planned:
     return Planned(entry, event=event, position=position)
 
 
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """What coalescing needs of a metrics snapshot, read without parsing its JSON."""
+
+    type: str
+    target: tuple[str, ...]
+    position: StreamPosition
+    finishes_job: bool  # conservatively: "fit_end" appears anywhere in the text
+
+
+_METRICS_TYPES = {b"server.metrics": "server.metrics", b"client.metrics": "client.metrics"}
+
+
+def _envelope(entry: Entry, limits: Limits) -> _Envelope | None:
+    """The envelope of a plain v1 metrics snapshot; ``None`` for anything else (status
+    events, bad or unusual entries), which then simply gets the full parse."""
+    fields = entry.fields
+    if fields is None or fields.get(b"v") != b"1":
+        return None
+    event_type = _METRICS_TYPES.get(fields.get(b"type", b""))
+    job = fields.get(b"job_id")
+    metrics = fields.get(b"metrics")
+    if event_type is None or not job or metrics is None or not metrics.startswith(b"{"):
+        return None
+    if sum(len(key) + len(value) for key, value in fields.items()) > limits.max_entry_bytes:
+        return None
+    try:
+        job_id = job.decode()
+        if event_type == "server.metrics":
+            target: tuple[str, ...] = ("server", job_id)
+        else:
+            client = fields.get(b"client_uuid")
+            if not client:
+                return None
+            target = ("client", job_id, client.decode())
+        own = StreamPosition.parse(entry.id)
+        origin = fields.get(b"origin_id")
+        position = own if origin is None else StreamPosition.parse(origin)
+    except (UnicodeDecodeError, InvalidStreamId):
+        return None
+    if origin is not None and position >= own:
+        return None
+    return _Envelope(event_type, target, position, b"fit_end" in metrics)
+
+
 def plan_batch(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
     """Plan a batch in stream order; superseded snapshots are marked ``coalesced``."""
+    envelopes = [_envelope(entry, limits) for entry in entries]
+    newest: dict[tuple[str, ...], StreamPosition] = {}
+    for envelope in envelopes:
+        if envelope is not None and (
+            envelope.target not in newest or newest[envelope.target] < envelope.position
+        ):
+            newest[envelope.target] = envelope.position
+    planned = []
+    for entry, envelope in zip(entries, envelopes, strict=True):
+        if (
+            envelope is not None
+            and not envelope.finishes_job
+            and envelope.position < newest[envelope.target]
+        ):
+            planned.append(
+                Planned(
+                    entry,
+                    position=envelope.position,
+                    outcome=Outcome.COALESCED,
+                    type_hint=envelope.type,
+                )
+            )
+            continue
+        item = plan_entry(entry, limits)
+        if envelope is not None and item.event is None:
+            # A snapshot that superseded others is itself invalid: decide without shortcuts.
+            return plan_batch_fully(entries, limits)
+        planned.append(item)
+    return planned
+
+
+def plan_batch_fully(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
+    """Parse every entry, then coalesce by the parsed events (the reference planner)."""
     planned = [plan_entry(entry, limits) for entry in entries]
     newest: dict[tuple[str, ...], StreamPosition] = {}
     for item in planned:

@@ -29,7 +29,6 @@ from worker.events import (
     JobStatusEvent,
     ServerMetricsEvent,
 )
-from worker.jsontext import dumps_strict
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 
@@ -109,7 +108,7 @@ def _client_write(event: ClientMetricsEvent, key: str) -> Write:
         },
         _update(
             {
-                "clients_info.$[client].metrics": dumps_strict(event.metrics),
+                "clients_info.$[client].metrics": event.metrics_text,
                 f"clients_info.$[client].{CLIENT_POSITION}": key,
             }
         ),
@@ -122,7 +121,7 @@ def first_write(event: Event, position: StreamPosition) -> Write | None:
     key = position.key
     if isinstance(event, ServerMetricsEvent):
         to_set: dict[str, Any] = {
-            "server_metrics": dumps_strict(event.metrics),
+            "server_metrics": event.metrics_text,
             SERVER_POSITION: key,
         }
         guard: dict[str, Any] = {"_id": event.job_id, SERVER_POSITION: _not_at_or_after(key)}
@@ -172,7 +171,7 @@ def _after_miss_server(
     to_set: dict[str, Any] = {}
     to_unset: dict[str, Any] = {}
     if metrics_apply:
-        to_set.update({"server_metrics": dumps_strict(event.metrics), SERVER_POSITION: key})
+        to_set.update({"server_metrics": event.metrics_text, SERVER_POSITION: key})
     if finish_applies:
         finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
         to_set.update(finish_set)

@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     TypeAdapter,
     ValidationError,
@@ -93,6 +94,8 @@ def _parse_metrics(value: Any, info: ValidationInfo) -> dict[str, Any]:
     if not isinstance(metrics, dict):
         raise ValueError(f"metrics must be a JSON object, got {_json_kind(metrics)}")
     limit = (info.context or {}).get("max_metrics_depth", DEFAULT_MAX_METRICS_DEPTH)
+    if isinstance(value, str) and value.count("{") + value.count("[") <= limit:
+        return metrics  # fewer brackets than the limit: it cannot nest deeper (C-speed check)
     if nesting_depth(metrics, stop_after=limit) > limit:
         depth = nesting_depth(metrics)  # the rare path: measure it all for the message
         raise ValueError(f"metrics is nested {depth} levels deep, over the limit of {limit}")
@@ -131,6 +134,18 @@ class _Entry(BaseModel):
 
 class _MetricsEntry(_Entry):
     metrics: MetricsObject
+    _received_text: str | None = PrivateAttr(default=None)
+
+    @property
+    def metrics_text(self) -> str:
+        """The metrics as stored: strict JSON text.
+
+        The text as received is kept when it is already strict JSON (no ``NaN`` or
+        ``Infinity`` token anywhere), which saves encoding every snapshot again.
+        """
+        if self._received_text is not None:
+            return self._received_text
+        return dumps_strict(self.metrics)
 
     @field_validator("metrics", mode="before")
     @classmethod
@@ -272,11 +287,20 @@ def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
     _check_version(decoded)
     event_type = _check_type(decoded)
     try:
-        return _EVENT_ADAPTER.validate_python(
+        event = _EVENT_ADAPTER.validate_python(
             decoded, context={"max_metrics_depth": limits.max_metrics_depth}
         )
     except ValidationError as error:
         raise InvalidEntry("invalid", _describe(error, event_type)) from None
+    text = decoded.get("metrics")
+    if isinstance(event, _MetricsEntry) and isinstance(text, str) and _is_strict(text):
+        event._received_text = text
+    return event
+
+
+def _is_strict(text: str) -> bool:
+    """No bare NaN/Infinity can hide in text that never spells them (json accepts them)."""
+    return "NaN" not in text and "Infinity" not in text
 
 
 def to_fields(event: Event) -> dict[str, str]:
@@ -285,7 +309,7 @@ def to_fields(event: Event) -> dict[str, str]:
     if isinstance(event, ClientMetricsEvent):
         fields["client_uuid"] = event.client_uuid
     if isinstance(event, ServerMetricsEvent | ClientMetricsEvent):
-        fields["metrics"] = dumps_strict(event.metrics)
+        fields["metrics"] = event.metrics_text
     if isinstance(event, JobStatusEvent):
         fields["status"] = event.status.value
         if event.error_message is not None:
