@@ -1,0 +1,1 @@
+"""The florist-worker benchmark: one command, four systems, the same workload (see README)."""
