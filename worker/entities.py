@@ -23,7 +23,15 @@ JOB_COLLECTION: Final = "job"
 Document = dict[str, Any]
 
 
-class JobStatus(Enum):
+class _ListedEnum(Enum):
+    """An enum whose ``list()`` gives its values, as FLorist's API and UI expect."""
+
+    @classmethod
+    def list(cls) -> list[str]:
+        return [member.value for member in cls]
+
+
+class JobStatus(_ListedEnum):
     """Where a job is in its life; the finished ones are final."""
 
     NOT_STARTED = "NOT_STARTED"
@@ -31,39 +39,23 @@ class JobStatus(Enum):
     FINISHED_WITH_ERROR = "FINISHED_WITH_ERROR"
     FINISHED_SUCCESSFULLY = "FINISHED_SUCCESSFULLY"
 
-    @classmethod
-    def list(cls) -> list[str]:
-        return [member.value for member in cls]
 
-
-class Model(Enum):
+class Model(_ListedEnum):
     """Models a FLorist server can train."""
 
     MNIST = "MNIST"
 
-    @classmethod
-    def list(cls) -> list[str]:
-        return [member.value for member in cls]
 
-
-class Client(Enum):
+class Client(_ListedEnum):
     """FL client implementations a FLorist client can run."""
 
     MNIST = "MNIST"
 
-    @classmethod
-    def list(cls) -> list[str]:
-        return [member.value for member in cls]
 
-
-class ConfigParser(Enum):
+class ConfigParser(_ListedEnum):
     """How a job's ``server_config`` text is parsed."""
 
     BASIC = "BASIC"
-
-    @classmethod
-    def list(cls) -> list[str]:
-        return [member.value for member in cls]
 
 
 class UpdateNotApplied(AssertionError):
