@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis
 import structlog
@@ -38,6 +38,7 @@ from worker.store import JobStore, MongoJobStore, StoreRejected, StoreUnavailabl
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # Redis failures that mean "not reachable right now", as opposed to a bad command.
 REDIS_OUTAGES = (
@@ -225,22 +226,13 @@ class Worker:
         started = time.perf_counter()
         planned = plan_batch(entries, self.settings.limits)
         done: dict[str, Outcome] = {}
-        while True:
-            try:
-                if not self._group_ready:
-                    self._ensure_group()
-                results, acknowledged, dead = self._apply(planned, done)
-                self.stream.settle(acknowledged, dead)
-            except (StoreUnavailable, *REDIS_OUTAGES) as error:
-                self._wait_out(error)
-                continue
-            except redis.ResponseError as error:
-                if not is_nogroup(error):
-                    raise
-                self._recreate_group()
-                continue
-            self._recovered()
-            break
+
+        def apply_and_settle() -> tuple[list[tuple[Planned, Outcome]], list[DeadLetter]]:
+            results, acknowledged, dead = self._apply(planned, done)
+            self.stream.settle(acknowledged, dead)
+            return results, dead
+
+        results, dead = self._call(apply_and_settle)
         self._record(results, dead, time.perf_counter() - started)
 
     def _apply(
@@ -317,15 +309,15 @@ class Worker:
 
     # -- outages --------------------------------------------------------------------
 
-    def _call(self, operation: Callable[[], Any]) -> Any:
-        """Run one Redis operation, waiting out outages and recreating a lost group."""
+    def _call(self, operation: Callable[[], T]) -> T:
+        """Run ``operation`` until it succeeds: wait out Redis and MongoDB outages, and
+        recreate a lost group, however often it takes (or until a stop)."""
         while True:
             try:
                 if not self._group_ready:
                     self._ensure_group()
                 result = operation()
-            except REDIS_OUTAGES as error:
-                self._redis_ok = False
+            except (StoreUnavailable, *REDIS_OUTAGES) as error:
                 self._wait_out(error)
                 continue
             except redis.ResponseError as error:
