@@ -1,7 +1,7 @@
-"""A private ``redis-server`` process for tests that need real Redis behaviour.
+"""A private ``redis-server`` process for tests (and the benchmark) that need real Redis.
 
-Tests never touch the shared instance on 6379: each server gets a free port and its
-own directory, and is killed when the test (or session) is done.
+They never touch the shared instance on 6379: each server gets a free port and its
+own directory, and is killed when the test, session or benchmark is done.
 """
 
 from __future__ import annotations
@@ -81,3 +81,10 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def __enter__(self) -> RedisServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
