@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import re
@@ -17,6 +16,7 @@ import structlog
 from pymongo.database import Database
 
 from worker import deadletter
+from worker.cli import main
 from worker.commands import dlq
 from worker.consumer import Worker
 from worker.deadletter import (
@@ -282,11 +282,8 @@ def test_requeued_old_snapshot_loses_to_a_newer_one_and_a_newer_one_applies(
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="florist-worker")
-    dlq.register(parser.add_subparsers(dest="command", required=True))
-    arguments = parser.parse_args(["dlq", *argv])
-    code: int = arguments.handler(arguments)
-    return code
+    """``florist-worker dlq ...`` through the real entry point."""
+    return main(["dlq", *argv])
 
 
 def test_cli_list_is_a_table_with_reason_job_type_deliveries_and_age(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import structlog
 from pymongo.database import Database
 
 from tests.redis_server import RedisServer, free_port
+from worker.cli import main
 from worker.commands import replay as replay_command
 from worker.consumer import Worker
 from worker.entities import Job
@@ -478,11 +478,8 @@ def test_total_is_xlen_for_everything_and_scaled_by_time_for_a_range(
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="florist-worker")
-    replay_command.register(parser.add_subparsers(dest="command", required=True))
-    arguments = parser.parse_args(["replay", *argv])
-    code: int = arguments.handler(arguments)
-    return code
+    """``florist-worker replay ...`` through the real entry point."""
+    return main(["replay", *argv])
 
 
 def test_cli_replays_and_prints_one_line_per_outcome(
