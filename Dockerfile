@@ -22,17 +22,20 @@ ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
 # Only what the build needs (see .dockerignore); README.md is the package's
-# `readme` in pyproject.toml, so the build fails without it.
+# `readme` in pyproject.toml, so the build fails without it.  producer/ is the
+# florist-events distribution the worker depends on; it is not on PyPI.
 COPY pyproject.toml README.md ./
+COPY producer/ ./producer/
 COPY worker/ ./worker/
 
-# Build a wheel of the local project, then install that wheel file with the
-# `memory` extra (a file, not a name, so nothing else from PyPI can stand in for
-# it; its dependencies are bounded in pyproject.toml).  pip byte-compiles while
-# installing, so the unprivileged user never needs to write __pycache__.
-# `--help` imports every sub-command: a broken install fails the build here.
-RUN pip wheel --no-deps --wheel-dir /dist . \
-    && pip install "$(ls /dist/florist_worker-*.whl)[memory]" \
+# Build wheels of the two local distributions (florist-events and the worker),
+# then install those wheel files, the worker with the `memory` extra (files, not
+# names, so nothing from PyPI can stand in for them; their dependencies are
+# bounded in the pyproject.toml files).  pip byte-compiles while installing, so
+# the unprivileged user never needs to write __pycache__.  `--help` imports
+# every sub-command: a broken install fails the build here.
+RUN pip wheel --no-deps --wheel-dir /dist ./producer . \
+    && pip install "$(ls /dist/florist_events-*.whl)" "$(ls /dist/florist_worker-*.whl)[memory]" \
     && florist-worker --help >/dev/null
 
 

@@ -14,7 +14,16 @@ import mongomock_ng
 from bench.server import server_version
 from bench.workloads import insert_jobs, steady
 
-PACKAGES = ("redis", "pymongo", "mongomock-ng", "faststream", "pydantic", "structlog")
+PACKAGES = (
+    "redis",
+    "hiredis",
+    "pymongo",
+    "mongomock-ng",
+    "faststream",
+    "pydantic",
+    "structlog",
+    "orjson",
+)
 
 
 def _cpu_model() -> str:

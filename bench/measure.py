@@ -8,17 +8,20 @@ workload's jobs, and is checked afterwards: each event handled, nothing pending,
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import json
 import math
+import operator
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any, Final
@@ -27,8 +30,19 @@ import mongomock_ng
 import redis
 from pymongo.database import Database
 
-from bench.systems import SYSTEMS, BenchFailure, Drained, Target, create_group
+import worker.replay
+from bench.network import Network, delayed
+from bench.systems import (
+    SYSTEMS,
+    WRITING,
+    BenchFailure,
+    Drained,
+    Target,
+    create_group,
+    worker_settings,
+)
 from bench.workloads import REPO, Fields, Workload, check_documents, endless, insert_jobs, steady
+from worker.connections import connect_redis
 
 PIPELINE: Final = 500
 CHILD_TIMEOUT_S: Final = 1800.0
@@ -75,36 +89,92 @@ def verify(
     client: redis.Redis,
     target: Target,
 ) -> None:
-    """Refuse a run that did not handle, acknowledge and (except D) apply every event."""
+    """Refuse a run that did not handle, acknowledge and (if it writes) apply every event."""
     if drained.handled != len(workload):
         raise BenchFailure(f"{system} handled {drained.handled} of {len(workload)} events")
     left = pending(client, target)
     if left:
         raise BenchFailure(f"{system} left {left} entries pending")
-    if system != "D":
+    if system in WRITING:
         problems = check_documents(database, workload)
         if problems:
             raise BenchFailure(f"{system} on {workload.name}: " + "; ".join(problems[:3]))
 
 
-def drain_once(system: str, workload: Workload, client: redis.Redis, target: Target) -> Drained:
+@dataclass(frozen=True)
+class Run:
+    """One or more drains of one system added up: time, events, and MongoDB round trips
+    (``round_trips`` as reported: the worker's own count where it has one, else the
+    proxy's; ``proxy_round_trips`` always the proxy's) with the time spent in them."""
+
+    events: int
+    seconds: float
+    round_trips: int
+    proxy_round_trips: int
+    network_s: float
+    counted_by: str
+    by_method: dict[str, int] = field(default_factory=dict)  # the proxy's count
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds
+
+    @property
+    def round_trips_per_1000(self) -> float:
+        return self.round_trips / self.events * 1000
+
+    def __add__(self, other: Run) -> Run:
+        counted_by = self.counted_by if self.counted_by == other.counted_by else "mixed"
+        return Run(
+            self.events + other.events,
+            self.seconds + other.seconds,
+            self.round_trips + other.round_trips,
+            self.proxy_round_trips + other.proxy_round_trips,
+            self.network_s + other.network_s,
+            counted_by,
+            dict(Counter(self.by_method) + Counter(other.by_method)),
+        )
+
+
+def drain_once(
+    system: str, workload: Workload, client: redis.Redis, target: Target, rtt_ms: float = 0.0
+) -> Run:
+    """One drain from scratch, behind a network of ``rtt_ms`` per MongoDB round trip
+    (systems that use no MongoDB get none); checked before it counts."""
     database = prepare(client, target, workload)
+    network = Network(rtt_ms)
+    reached = delayed(database, network) if system in WRITING else None
     gc.collect()
-    drained = SYSTEMS[system](target, database, len(workload))
+    drained = SYSTEMS[system](target, reached, len(workload))
     verify(system, drained, workload, database, client, target)
-    return drained
+    if drained.round_trips is not None:
+        reported, counted_by = drained.round_trips, "store.round_trips"
+    elif system in WRITING:
+        reported, counted_by = network.round_trips, "proxy"
+    else:
+        reported, counted_by = 0, "no MongoDB"
+    return Run(
+        len(workload),
+        drained.seconds,
+        reported,
+        network.round_trips,
+        network.slept_s,
+        counted_by,
+        dict(network.by_method),
+    )
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Events per second of each run, by system, in the order they ran."""
+    """Each run (all its drains added up), by system, in the order they ran."""
 
     workload: str
+    rtt_ms: float
     events_per_run: int
-    runs: dict[str, list[float]]
+    runs: dict[str, list[Run]]
 
     def median(self, system: str) -> float:
-        return statistics.median(self.runs[system])
+        return statistics.median(run.rate for run in self.runs[system])
 
 
 def throughput(
@@ -115,20 +185,66 @@ def throughput(
     client: redis.Redis,
     target: Target,
     progress: Callable[[str], None],
+    rtt_ms: float = 0.0,
 ) -> Throughput:
-    """``runs`` rounds of every system in turn (A, B, C, D, A, B, ...); a run drains
-    the workload ``repeats`` times from scratch, so a short workload still takes
-    long enough to time."""
-    rates: dict[str, list[float]] = {system: [] for system in systems}
+    """``runs`` rounds of every system in turn (A, A1, B, ..., A, A1, ...); a run drains
+    the workload ``repeats`` times from scratch, so a short workload still takes long
+    enough to time."""
+    measured: dict[str, list[Run]] = {system: [] for system in systems}
     for round_number in range(runs):
         for system in systems:
-            seconds = sum(
-                drain_once(system, workload, client, target).seconds for _ in range(repeats)
+            drains = [drain_once(system, workload, client, target, rtt_ms) for _ in range(repeats)]
+            run = functools.reduce(operator.add, drains)
+            measured[system].append(run)
+            progress(
+                f"  {workload.name} at {rtt_ms:g} ms, round {round_number + 1}/{runs} "
+                f"{system}: {run.rate:,.0f}/s, {run.round_trips_per_1000:,.1f} round trips "
+                "per 1000 events"
             )
-            rate = len(workload) * repeats / seconds
-            rates[system].append(rate)
-            progress(f"  {workload.name} round {round_number + 1}/{runs} {system}: {rate:,.0f}/s")
-    return Throughput(workload.name, len(workload) * repeats, rates)
+    return Throughput(workload.name, rtt_ms, len(workload) * repeats, measured)
+
+
+def replay(
+    client: redis.Redis, target: Target, jobs: int, count: int, rtt_ms: float
+) -> dict[str, Any]:
+    """``worker.replay.replay`` over at least ``count`` entries (the steady workload of
+    ``jobs`` jobs, repeated in whole passes: each pass is newer history of the same jobs,
+    so the documents end as one pass leaves them) into fresh documents, behind ``rtt_ms``."""
+    workload = steady(jobs)
+    entries = workload.entries * -(-count // len(workload))
+    count = len(entries)
+    client.flushdb()
+    database = fresh_database()
+    insert_jobs(database, workload)
+    load_stream(client, target, entries)
+    network = Network(rtt_ms)
+    settings = worker_settings(target)
+    redis_client = connect_redis(settings)
+    gc.collect()
+    try:
+        started = time.perf_counter()
+        counts = worker.replay.replay(redis_client, delayed(database, network), settings=settings)
+        seconds = time.perf_counter() - started
+    finally:
+        redis_client.close()
+    if sum(counts.values()) != count:
+        raise BenchFailure(f"replay handled {sum(counts.values())} of {count} entries")
+    problems = check_documents(database, workload)
+    if problems:
+        raise BenchFailure("replay: " + "; ".join(problems[:3]))
+    return {
+        "entries": count,
+        "jobs": jobs,
+        "modelled_rtt_ms": rtt_ms,
+        "seconds": round(seconds, 2),
+        "events_per_s": round(count / seconds, 1),
+        "mongo_round_trips_per_1000_events": round(network.round_trips / count * 1000, 1),
+        "measured_delay_ms": round(network.mean_delay_ms, 3),
+        "network_s": round(network.slept_s, 2),
+        "scaled_1m_entries_s": round(seconds / count * 1_000_000, 0),
+        "proxy_round_trips_by_method": dict(network.by_method),
+        "counts": counts,
+    }
 
 
 # -- child processes -------------------------------------------------------------------

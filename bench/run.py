@@ -1,7 +1,8 @@
 """Benchmark the worker against a plain redis-py loop, FastStream, and itself without a
-store, on a private redis-server and the in-memory MongoDB; judge the issue's targets.
+store, on a private redis-server and the in-memory MongoDB behind a modelled network
+(a fixed delay per MongoDB round trip); judge the targets of issues 6 and 13.
 
-    python bench/run.py            # the full benchmark (several minutes)
+    python bench/run.py            # the full benchmark (about 15 minutes)
     python bench/run.py --quick    # small sizes, under a minute: a smoke run, not figures
     python bench/run.py --profile A-steady   # one run under pyinstrument, nothing else
 
@@ -23,12 +24,13 @@ elif str(REPO) not in sys.path:
 import argparse  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import asdict, dataclass, replace  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from typing import Any  # noqa: E402
@@ -36,13 +38,23 @@ from typing import Any  # noqa: E402
 import redis  # noqa: E402
 
 from bench import machine, measure, report  # noqa: E402
+from bench.network import Network, delayed  # noqa: E402
 from bench.server import PrivateRedis  # noqa: E402
-from bench.systems import NAMES, SYSTEMS, BenchFailure, Target  # noqa: E402
+from bench.systems import (  # noqa: E402
+    BATCH,
+    HAS_BATCHED_SWITCH,
+    NAMES,
+    ORDER,
+    SYSTEMS,
+    WRITING,
+    BenchFailure,
+    Target,
+)
 from bench.workloads import Workload, backlog, steady  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-SECTIONS = ("throughput", "latency", "memory", "scaling")
+SECTIONS = ("throughput", "replay", "latency", "memory", "scaling")
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,9 @@ class Config:
     steady_jobs: int = 100
     backlog_jobs: int = 4
     backlog_repeats: int = 10
+    rtts_ms: tuple[float, ...] = (0.0, 0.5, 2.0)  # modelled MongoDB round trips
+    replay_entries: int = 20_000
+    replay_rtts_ms: tuple[float, ...] = (0.0, 2.0)
     latency_rate: float = 1000.0
     latency_jobs: int = 100
     latency_passes: int = 4
@@ -69,7 +84,8 @@ FULL = Config()
 QUICK = Config(
     mode="quick",
     steady_jobs=10,
-    backlog_repeats=2,
+    backlog_repeats=1,
+    replay_entries=1_000,
     latency_jobs=10,
     latency_passes=4,
     latency_small_jobs=None,
@@ -92,33 +108,99 @@ def workloads(config: Config) -> dict[str, tuple[Workload, int]]:
     }
 
 
+def rtt_key(rtt_ms: float) -> str:
+    return f"{rtt_ms:g}"
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def _row(system: str, workload: str, rtt_ms: float, runs: list[measure.Run]) -> dict[str, Any]:
+    """One system on one workload behind one modelled RTT, as the JSON result has it."""
+    median_run = sorted(runs, key=lambda run: run.rate)[len(runs) // 2]
+    proxy = sum(run.proxy_round_trips for run in runs)
+    slept = sum(run.network_s for run in runs)
+    return {
+        "system": system,
+        "name": NAMES[system],
+        "workload": workload,
+        "modelled_rtt_ms": rtt_ms,
+        "events_per_s": round(statistics.median(run.rate for run in runs), 1),
+        "runs": [round(run.rate, 1) for run in runs],
+        "mongo_round_trips_per_1000_events": round(median_run.round_trips_per_1000, 2),
+        "round_trips_counted_by": median_run.counted_by,
+        "proxy_round_trips_per_1000_events": round(
+            median_run.proxy_round_trips / median_run.events * 1000, 2
+        ),
+        "proxy_round_trips_by_method": median_run.by_method,
+        "measured_delay_ms": round(slept / proxy * 1000, 3) if proxy else 0.0,
+        # The median run, per event: all of it, and the part spent in modelled round trips.
+        "us_per_event": round(median_run.seconds / median_run.events * 1e6, 1),
+        "network_us_per_event": round(median_run.network_s / median_run.events * 1e6, 1),
+    }
+
+
 def throughput_section(
-    config: Config, systems: str, client: redis.Redis, target: Target
+    config: Config, systems: Sequence[str], client: redis.Redis, target: Target
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every workload behind every modelled RTT; systems without MongoDB (D, R) run
+    once, with none (a delay on MongoDB calls cannot change what never calls it)."""
     section: dict[str, Any] = {}
     ratios: dict[str, Any] = {}
     for name, (workload, repeats) in workloads(config).items():
-        progress(f"throughput: {name}, {workload.describe()}, x{repeats} per run")
-        measured = measure.throughput(
-            workload, list(systems), config.runs, repeats, client, target, progress
-        )
-        medians = {system: measured.median(system) for system in systems}
         section[name] = {
             "description": workload.describe(),
             "repeats_per_run": repeats,
-            "events_per_run": measured.events_per_run,
-            "runs": {
-                system: [round(rate, 1) for rate in rates]
-                for system, rates in measured.runs.items()
-            },
-            "median": {system: round(rate, 1) for system, rate in medians.items()},
+            "events_per_run": len(workload) * repeats,
+            "by_rtt": {},
         }
-        ratios[name] = {
-            f"A/{other}": round(medians["A"] / medians[other], 3)
-            for other in ("B", "C", "D")
-            if "A" in medians and other in medians
-        }
+        ratios[name] = {}
+        for rtt_ms in config.rtts_ms:
+            chosen = [s for s in systems if rtt_ms == 0 or s in WRITING]
+            progress(
+                f"throughput: {name}, {workload.describe()}, x{repeats} per run, "
+                f"modelled RTT {rtt_ms:g} ms: {', '.join(chosen)}"
+            )
+            measured = measure.throughput(
+                workload, chosen, config.runs, repeats, client, target, progress, rtt_ms
+            )
+            rows = {s: _row(s, name, rtt_ms, measured.runs[s]) for s in chosen}
+            section[name]["by_rtt"][rtt_key(rtt_ms)] = rows
+            rate = {s: row["events_per_s"] for s, row in rows.items()}
+            base = section[name]["by_rtt"][rtt_key(0.0)] if 0.0 in config.rtts_ms else {}
+            rate.update({s: base[s]["events_per_s"] for s in ("D", "R") if s in base})
+            ratios[name][rtt_key(rtt_ms)] = {
+                key: value
+                for key, value in {
+                    "A/A1": _ratio(rate.get("A"), rate.get("A1")),
+                    "A/B": _ratio(rate.get("A"), rate.get("B")),
+                    "A/C": _ratio(rate.get("A"), rate.get("C")),
+                    "A/D": _ratio(rate.get("A"), rate.get("D")),
+                    "D/R": _ratio(rate.get("D"), rate.get("R")),
+                }.items()
+                if value is not None
+            }
     return section, ratios
+
+
+def replay_section(config: Config, client: redis.Redis, target: Target) -> dict[str, Any]:
+    """``worker.replay.replay`` over ``replay_entries`` entries per modelled RTT, scaled
+    linearly to 1,000,000 entries."""
+    passes = -(-config.replay_entries // len(steady(config.steady_jobs)))
+    entries = passes * len(steady(config.steady_jobs))
+    rows = {}
+    for rtt_ms in config.replay_rtts_ms:
+        progress(f"replay of {entries:,} entries, modelled RTT {rtt_ms:g} ms")
+        row = measure.replay(client, target, config.steady_jobs, entries, rtt_ms)
+        progress(
+            f"  {row['seconds']:.1f} s, {row['events_per_s']:,.0f}/s: 1,000,000 entries "
+            f"would take {row['scaled_1m_entries_s']:,.0f} s (scaled)"
+        )
+        rows[rtt_key(rtt_ms)] = row
+    return {"entries": entries, "jobs": config.steady_jobs, "by_rtt": rows}
 
 
 def scaling_section(
@@ -152,31 +234,49 @@ def scaling_section(
 def notes(config: Config, results: dict[str, Any]) -> list[str]:
     load = results["machine"]["load_average_at_start"]
     update_us = results.get("mongomock_update_us")
+    rtts = ", ".join(f"{rtt:g} ms" for rtt in config.rtts_ms)
     lines = [
-        "All systems write to mongomock-ng (in memory, in the consuming process). It has no "
-        f"index: one update_one by _id on {config.steady_jobs} documents took {update_us} us "
-        "here, growing with the collection, and this bounds every system; a real MongoDB "
-        "moves all the limits.",
+        "MODELLED NETWORK, NOT A REAL ONE: all systems write to mongomock-ng (in memory, in "
+        "the consuming process) through a proxy (bench/network.py) that sleeps a fixed "
+        f"delay ({rtts}) once per call that would be a round trip to a MongoDB server "
+        "(find, find_one, update_one, bulk_write, insert_*, command, ...), for every "
+        "system alike. The delay actually slept per round trip is measured and shown. "
+        "Not modelled: bandwidth, server-side work, cursor batches, connection set-up.",
+        "mongomock-ng has no index: one update_one by _id on "
+        f"{config.steady_jobs} documents took {update_us} us here (it scans the collection, "
+        "inside a bulk_write too), and this in-process cost weighs on every writing system "
+        "at every modelled RTT; a real MongoDB moves all the limits.",
+        "Round trips per 1,000 events: the worker's own count (store.round_trips) where its "
+        "store has one, otherwise (B, C, and a worker without the counter) the proxy's count "
+        "of calls; the JSON has the proxy's count for every writing system as a cross-check.",
+        f"B, C and R read {BATCH} entries per XREADGROUP, the worker's default batch_size. "
+        "D (NullStore) and R (no store) make no MongoDB calls: they run once, without a "
+        "modelled delay.",
         f"Measured on {results['machine']['cores']} cores with a load average of {load} at "
         "start (other work was running): expect noise. Systems alternate run by run "
-        "(A, B, C, D, A, ...) so that noise falls on all of them.",
-        "Every run is checked: each event handled, nothing left pending, and (A, B, C) every "
-        "job FINISHED_SUCCESSFULLY with the last snapshots stored.",
+        "(A, A1, B, C, D, R, A, ...) so that noise falls on all of them.",
+        "Every run is checked: each event handled, nothing left pending, and (A, A1, B, C) "
+        "every job FINISHED_SUCCESSFULLY with the last snapshots stored.",
         f"Backlog: a run drains the {config.backlog_jobs}-job backlog "
         f"{config.backlog_repeats} times, each from a fresh stream and database (all "
         "XADDed before the consumer starts), to be long enough to time.",
         "B reads with decode_responses=True, writes each event with one unguarded "
         "update_one and acknowledges each batch with one XACK. C is FastStream's idiomatic "
-        "handler (body: dict[str, str]) with max_records=200, per-message log lines off "
-        "(logger=None), acknowledged by FastStream message by message; its group is "
-        "created at 0 beforehand (FastStream's own would start at $ and miss the backlog).",
+        f"handler (body: dict[str, str]) with max_records={BATCH}, per-message log lines "
+        "off (logger=None), acknowledged by FastStream message by message; its group is "
+        "created at 0 beforehand (FastStream's own would start at $ and miss the backlog). "
+        "R reads as bytes and acknowledges each batch, looking at nothing.",
+        "Replay: worker.replay.replay over the steady workload's entries repeated in whole "
+        f"passes to at least {config.replay_entries:,} (each pass is newer history of the "
+        "same jobs), into fresh documents, timed per modelled RTT and checked like a run; "
+        "the time of 1,000,000 entries is that time SCALED LINEARLY, not measured.",
         f"Latency: this process XADDs the steady workload of {config.latency_jobs} jobs "
         f"{config.latency_passes} times at {config.latency_rate:,.0f} events/s, stamping "
         "time.time() in a bench_t field; the worker process records time.time() in a "
         "BatchObserver, i.e. after the batch is applied and acknowledged. The first "
         "second of events is warm-up and not counted. The target is judged on the first "
         "row; a second row, if any, has fewer jobs (cheaper mongomock updates), to tell "
-        "the worker's own latency from the store's capacity.",
+        "the worker's own latency from the store's capacity. No modelled network here.",
         f"Memory: the same {config.memory_jobs} jobs' events over and over (so the "
         "database stops growing after the first pass; later passes see rejected "
         "transitions and guarded re-reads), at most ~20,000 waiting; growth is RSS at the "
@@ -186,31 +286,48 @@ def notes(config: Config, results: dict[str, Any]) -> list[str]:
         "checked (counts and the pending list are); the two workers and redis-server share "
         "the cores.",
     ]
+    if not HAS_BATCHED_SWITCH:
+        lines.insert(
+            0,
+            "THIS WORKER HAS NO batched_writes SETTING: A and A1 ran the same code (one "
+            "update per event).",
+        )
     if config.mode == "quick":
         lines.insert(
             0,
             f"QUICK MODE: small sizes (steady {config.steady_jobs} jobs, backlog x"
-            f"{config.backlog_repeats}, latency {config.latency_jobs} jobs x"
-            f"{config.latency_passes}, memory over {config.memory_events:,} events with "
-            f"{config.memory_warmup:,} warm-up instead of 500,000/50,000, two consumers on "
-            f"{config.scaling_jobs} jobs): a check that everything runs, not figures to "
-            "quote.",
+            f"{config.backlog_repeats}, replay {config.replay_entries:,} entries, latency "
+            f"{config.latency_jobs} jobs x{config.latency_passes}, memory over "
+            f"{config.memory_events:,} events with {config.memory_warmup:,} warm-up instead "
+            f"of 500,000/50,000, two consumers on {config.scaling_jobs} jobs): a check that "
+            "everything runs, not figures to quote.",
         )
     return lines
 
 
-def benchmark(config: Config, systems: str, skip: Sequence[str], logs: Path) -> dict[str, Any]:
-    """Every section not skipped; ``logs`` gets redis-server's and the child processes' logs."""
+def benchmark(
+    config: Config,
+    systems: Sequence[str],
+    skip: Sequence[str],
+    logs: Path,
+    announce: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Every section not skipped; ``logs`` gets redis-server's and the child processes'
+    logs; ``announce`` gets the command and the machine before anything is measured."""
     started = time.monotonic()
     results: dict[str, Any] = {
         "mode": config.mode,
         "command": shlex.join(sys.orig_argv),
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": asdict(config),
+        "config": json.loads(json.dumps(asdict(config))),  # tuples as the JSON has them
         "systems": {system: NAMES[system] for system in systems},
+        "batched_writes_setting": HAS_BATCHED_SWITCH,
+        "read_count": BATCH,
         "machine": machine.describe(),
-        "mongomock_update_us": machine.mongomock_update_us(config.steady_jobs),
     }
+    if announce is not None:
+        announce(report.heading(results))
+    results["mongomock_update_us"] = machine.mongomock_update_us(config.steady_jobs)
     if logs.exists():
         shutil.rmtree(logs)
     logs.mkdir(parents=True)
@@ -222,6 +339,8 @@ def benchmark(config: Config, systems: str, skip: Sequence[str], logs: Path) -> 
                 results["throughput"], results["ratios"] = throughput_section(
                     config, systems, client, target
                 )
+            if "replay" not in skip:
+                results["replay"] = replay_section(config, client, target)
             if "latency" not in skip:
                 progress(f"latency at {config.latency_rate:,.0f} events/s")
                 results["latency"] = measure.latency(
@@ -263,7 +382,7 @@ def benchmark(config: Config, systems: str, skip: Sequence[str], logs: Path) -> 
     return results
 
 
-def profile(spec: str, config: Config, results_dir: Path) -> None:
+def profile(spec: str, config: Config, results_dir: Path, rtt_ms: float = 0.0) -> None:
     """One run of ``SYSTEM-WORKLOAD`` under pyinstrument: HTML and text next to the results."""
     from pyinstrument import Profiler
 
@@ -274,7 +393,8 @@ def profile(spec: str, config: Config, results_dir: Path) -> None:
     chosen = workloads(config)
     if system not in SYSTEMS or name not in chosen:
         raise SystemExit(
-            f"--profile wants SYSTEM-WORKLOAD or A-latency, e.g. A-steady; got {spec!r}"
+            f"--profile wants SYSTEM-WORKLOAD ({', '.join(ORDER)}) or A-latency, e.g. "
+            f"A-steady; got {spec!r}"
         )
     workload, repeats = chosen[name]
     profiler = Profiler(interval=0.001)
@@ -287,8 +407,9 @@ def profile(spec: str, config: Config, results_dir: Path) -> None:
         target = Target(server.url)
         for _ in range(repeats):  # as one run of the benchmark; sessions add up
             database = measure.prepare(client, target, workload)
+            reached = delayed(database, Network(rtt_ms)) if system in WRITING else None
             profiler.start()
-            drained = SYSTEMS[system](target, database, len(workload))
+            drained = SYSTEMS[system](target, reached, len(workload))
             profiler.stop()
             seconds += drained.seconds
             measure.verify(system, drained, workload, database, client, target)
@@ -300,7 +421,8 @@ def profile(spec: str, config: Config, results_dir: Path) -> None:
     stem.with_suffix(".txt").write_text(text)
     rate = len(workload) * repeats / seconds
     events = len(workload) * repeats
-    print(f"{spec}: {events:,} events, {rate:,.0f}/s under the profiler\n{text}")
+    print(f"{spec}: {events:,} events, {rate:,.0f}/s under the profiler ({rtt_ms:g} ms RTT)")
+    print(f"{seconds / events * 1e6:,.1f} us per event under the profiler\n{text}")
     progress(f"wrote {stem}.html and {stem}.txt")
 
 
@@ -346,7 +468,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--runs", type=int, help="runs per system (median of them; min 3)")
     parser.add_argument(
-        "--systems", default="ABCD", help="throughput systems to run (default ABCD; A is needed)"
+        "--systems",
+        default=",".join(ORDER),
+        help=f"throughput systems to run, comma-separated (default {','.join(ORDER)}; A is needed)",
     )
     parser.add_argument(
         "--skip", action="append", choices=SECTIONS, default=[], help="leave a section out"
@@ -357,16 +481,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="SYSTEM-WORKLOAD",
-        help="only profile: one run (A-steady, B-backlog, ...) or the latency run "
-        "(A-latency); repeatable",
+        help="only profile: one run (A-steady, A1-backlog, R-steady, ...) or the latency "
+        "run (A-latency); repeatable",
+    )
+    parser.add_argument(
+        "--rtt",
+        type=float,
+        action="append",
+        metavar="MS",
+        help="modelled MongoDB round trip in ms (repeatable; default 0, 0.5 and 2; "
+        "with --profile, the first one)",
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
     args = parser.parse_args(argv)
     if args.runs is not None and args.runs < 3:
         parser.error("--runs must be at least 3 (the figures are medians)")
-    if "A" not in args.systems or set(args.systems) - set(SYSTEMS):
-        parser.error("--systems takes letters of ABCD and must include A")
+    chosen = re.findall(r"A1|[^,\s]", args.systems.upper())  # "A,A1,B" or "ABD"
+    if "A" not in chosen or set(chosen) - set(SYSTEMS):
+        parser.error(f"--systems takes names among {','.join(ORDER)} and must include A")
+    args.systems = [name for name in ORDER if name in chosen]
+    if args.rtt is not None and any(rtt < 0 for rtt in args.rtt):
+        parser.error("--rtt cannot be negative")
     return args
+
+
+def announce(text: str) -> None:
+    """The command and the machine, first on stdout, before anything is measured."""
+    print(text + "\n", flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -381,13 +522,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(
             config, memory_events=args.memory_events, memory_warmup=args.memory_events // 10
         )
+    if args.rtt is not None:
+        config = replace(config, rtts_ms=tuple(dict.fromkeys(args.rtt)))
     if args.profile:
         for spec in args.profile:
-            profile(spec, config, args.results)
+            profile(spec, config, args.results, config.rtts_ms[0] if args.rtt else 0.0)
         return 0
-    systems = "".join(system for system in "ABCD" if system in args.systems)
     try:
-        results = benchmark(config, systems, args.skip, args.results / "logs")
+        results = benchmark(
+            config, args.systems, args.skip, args.results / "logs", announce=announce
+        )
     except BenchFailure as error:
         progress(f"benchmark FAILED, no figures written: {error} (logs: {args.results}/logs)")
         return 1

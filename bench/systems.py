@@ -1,13 +1,18 @@
-"""The four systems under test, each draining a preloaded stream into the same store.
+"""The systems under test, each draining a preloaded stream into the same store.
 
-* A, ``worker``: :class:`worker.consumer.Worker`, default settings but stream/group names;
-* B, ``plain``: the reference limit, a bare redis-py loop: XREADGROUP COUNT 200, one
+* A, ``worker``: :class:`worker.consumer.Worker`, default settings but stream/group names
+  (batched writes: one ``bulk_write`` per batch, where the worker has them);
+* A1, ``worker, one update per event``: A with ``batched_writes=False``, today's path;
+* B, ``plain``: the reference limit, a bare redis-py loop: XREADGROUP COUNT ``BATCH``, one
   unguarded ``update_one`` per event, one XACK per batch, no validation;
 * C, ``faststream``: a FastStream ``StreamSub`` group consumer doing B's update per message;
-* D, ``worker-null``: the worker with :class:`worker.store.NullStore`: Redis and validation.
+* D, ``worker-null``: the worker with :class:`worker.store.NullStore`: Redis and validation;
+* R, ``read``: the reference of the read path, XREADGROUP COUNT ``BATCH`` + XACK, no store.
 
 Every drain function times only its consuming section and returns what it handled,
-so the caller can refuse to report a run that did not handle every event.
+so the caller can refuse to report a run that did not handle every event. The
+database a system gets may be a :class:`bench.network.DelayedDatabase` (a modelled
+network); the worker reports its own round trips (``store.round_trips``).
 """
 
 from __future__ import annotations
@@ -31,11 +36,23 @@ from worker.store import JobStore, NullStore
 
 STREAM: Final = "bench:events"
 GROUP: Final = "bench-workers"
-BATCH: Final = 200
+# B, C and R read as many entries per call as the worker does by default (its COUNT).
+BATCH: Final[int] = int(Settings.model_fields["batch_size"].default)
 FINISHED: Final = "FINISHED_SUCCESSFULLY"
 DRAIN_TIMEOUT_S: Final = 600.0
+# Whether this worker has the switch between batched writes and one update per event.
+HAS_BATCHED_SWITCH: Final = "batched_writes" in Settings.model_fields
 
-NAMES: Final = {"A": "worker", "B": "plain redis-py", "C": "FastStream", "D": "worker + NullStore"}
+NAMES: Final = {
+    "A": "worker (batched writes)",
+    "A1": "worker, one update per event",
+    "B": "plain redis-py",
+    "C": "FastStream",
+    "D": "worker + NullStore",
+    "R": "plain read+ack loop",
+}
+ORDER: Final = tuple(NAMES)
+WRITING: Final = frozenset({"A", "A1", "B", "C"})  # the systems that use MongoDB
 
 
 class BenchFailure(RuntimeError):
@@ -54,11 +71,13 @@ class Target:
 
 @dataclass(frozen=True)
 class Drained:
-    """One drain: seconds spent consuming, entries handled, and by outcome if known."""
+    """One drain: seconds spent consuming, entries handled, and by outcome if known;
+    ``round_trips`` is the worker's own count (``store.round_trips``) when it has one."""
 
     seconds: float
     handled: int
     counts: dict[str, int] = field(default_factory=dict)
+    round_trips: int | None = None
 
 
 def worker_settings(target: Target, **overrides: Any) -> Settings:
@@ -82,7 +101,13 @@ def create_group(client: redis.Redis, target: Target) -> None:
             raise
 
 
-# -- A and D: the worker ---------------------------------------------------------------
+def store_round_trips(store: object) -> int | None:
+    """``store.round_trips`` where the store counts them (``None`` where it does not)."""
+    value = getattr(store, "round_trips", None)
+    return value if isinstance(value, int) else None
+
+
+# -- A, A1 and D: the worker -----------------------------------------------------------
 
 
 def drain_worker(
@@ -92,8 +117,10 @@ def drain_worker(
     *,
     store: JobStore | None = None,
     observers: tuple[BatchObserver, ...] = (),
+    batched: bool = True,
 ) -> Drained:
-    settings = worker_settings(target)
+    overrides = {} if batched or not HAS_BATCHED_SWITCH else {"batched_writes": False}
+    settings = worker_settings(target, **overrides)
     client = connect_redis(settings)
     worker = Worker(client, database, settings, store=store, observers=observers)
     watchdog = threading.Timer(DRAIN_TIMEOUT_S, worker.stop)  # an outage that never ends
@@ -107,7 +134,13 @@ def drain_worker(
         client.close()
     if worker.dead_lettered:
         raise BenchFailure(f"worker dead-lettered {worker.dead_lettered} entries")
-    return Drained(seconds, sum(counts.values()), counts)
+    return Drained(seconds, sum(counts.values()), counts, store_round_trips(worker.store))
+
+
+def drain_worker_unbatched(
+    target: Target, database: Database[Any] | None, expected: int
+) -> Drained:
+    return drain_worker(target, database, expected, batched=False)
 
 
 def drain_worker_null(target: Target, database: Database[Any] | None, expected: int) -> Drained:
@@ -153,6 +186,32 @@ def drain_plain(target: Target, database: Database[Any] | None, expected: int) -
             entries = reply[0][1]
             for _entry_id, fields in entries:
                 apply_plain(collection, fields)
+            client.xack(target.stream, target.group, *(entry_id for entry_id, _ in entries))
+            handled += len(entries)
+        seconds = time.perf_counter() - started
+    finally:
+        client.close()
+    return Drained(seconds, handled)
+
+
+# -- R: the read path alone ------------------------------------------------------------
+
+
+def drain_read(target: Target, database: Database[Any] | None, expected: int) -> Drained:
+    """XREADGROUP COUNT ``BATCH`` and one XACK per batch; replies as bytes (as the worker
+    reads them), nothing looked at: the floor of any consumer of this stream."""
+    client = redis.Redis.from_url(target.redis_url, socket_timeout=5)
+    try:
+        create_group(client, target)
+        handled = 0
+        started = time.perf_counter()
+        while True:
+            reply: Any = client.xreadgroup(
+                target.group, target.consumer, {target.stream: ">"}, count=BATCH
+            )
+            if not reply:
+                break
+            entries = reply[0][1]
             client.xack(target.stream, target.group, *(entry_id for entry_id, _ in entries))
             handled += len(entries)
         seconds = time.perf_counter() - started
@@ -223,7 +282,9 @@ DrainFunction = Callable[[Target, "Database[Any] | None", int], Drained]
 
 SYSTEMS: Final[dict[str, DrainFunction]] = {
     "A": drain_worker,
+    "A1": drain_worker_unbatched,
     "B": drain_plain,
     "C": drain_faststream,
     "D": drain_worker_null,
+    "R": drain_read,
 }

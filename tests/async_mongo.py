@@ -26,18 +26,29 @@ Document = dict[str, Any]
 
 
 class AsyncCursorAdapter:
-    """pymongo ``AsyncCursor`` subset over a sync cursor."""
+    """pymongo ``AsyncCursor`` subset over a sync cursor, with pymongo's semantics.
+
+    ``limit(0)`` means no limit and ``limit(-n)`` at most ``n`` (one batch), whatever
+    mongomock makes of them; ``to_list(length)`` refuses a length below 1, as pymongo's
+    ``AsyncCursor.to_list`` does.
+    """
 
     def __init__(self, cursor: Cursor[Document]) -> None:
         self._cursor = cursor
+        self._limit = 0
+        self._served = 0
 
     def limit(self, limit: int) -> AsyncCursorAdapter:
-        self._cursor = self._cursor.limit(limit)
+        self._limit = abs(limit)
         return self
 
     async def to_list(self, length: int | None = None) -> list[Document]:
+        if isinstance(length, int) and length < 1:
+            raise ValueError("to_list() length must be greater than 0")
         documents: list[Document] = []
         for document in self._cursor:
+            if self._limit and len(documents) >= self._limit:
+                break
             if length is not None and len(documents) >= length:
                 break
             documents.append(document)
@@ -47,10 +58,14 @@ class AsyncCursorAdapter:
         return self
 
     async def __anext__(self) -> Document:
+        if self._limit and self._served >= self._limit:
+            raise StopAsyncIteration
         try:
-            return next(self._cursor)
+            document = next(self._cursor)
         except StopIteration:
             raise StopAsyncIteration from None
+        self._served += 1
+        return document
 
 
 class AsyncCollectionAdapter:

@@ -16,6 +16,7 @@ import pytest
 import redis
 from pymongo.database import Database
 
+from tests.mongo_checks import CheckingDatabase
 from tests.redis_server import RedisServer
 from worker.logs import configure_logging
 
@@ -99,15 +100,16 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 def database() -> Iterator[Database[Any]]:
-    """mongomock-ng, or a fresh database on ``FLORIST_TEST_MONGODB_URI`` (dropped after)."""
+    """mongomock-ng, or a fresh database on ``FLORIST_TEST_MONGODB_URI`` (dropped after);
+    every update sent to it is checked as a real server would (tests/mongo_checks.py)."""
     uri = os.environ.get("FLORIST_TEST_MONGODB_URI")
     if not uri:
-        yield mongomock_ng.MongoClient()["florist-test"]
+        yield CheckingDatabase(mongomock_ng.MongoClient()["florist-test"])  # type: ignore[misc]
         return
     client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(uri)
     name = f"florist-test-{uuid.uuid4().hex[:12]}"
     try:
-        yield client[name]
+        yield CheckingDatabase(client[name])  # type: ignore[misc]
     finally:
         client.drop_database(name)
         client.close()

@@ -29,6 +29,7 @@ def settings(**overrides: Any) -> Settings:
         "backoff_initial_s": 0.01,
         "backoff_max_s": 0.05,
         "summary_interval_s": 3600,
+        "unknown_retry_s": 0,  # dead-letter unknown jobs after max_deliveries alone
     }
     values.update(overrides)
     return Settings(**values)
@@ -47,6 +48,14 @@ def publish(
         entry_id = client.xadd(STREAM, dict(fields), id=fixed_id(index) if fixed_ids else "*")
         ids.append(entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id))
     return ids
+
+
+def requeued(client: redis.Redis, fields: Mapping[str, str], origin_id: str) -> dict[str, str]:
+    """``fields`` as `dlq requeue` writes them: ``origin_id`` with a token whose record
+    (written here, as the requeue does) vouches for it."""
+    token = f"test-{origin_id}-{len(fields)}-{time.monotonic_ns()}"
+    client.hset(f"{STREAM}:requeued", token, origin_id)
+    return {**fields, "origin_id": origin_id, "requeue_token": token}
 
 
 def make_worker(client: redis.Redis, database: Database[Any], **overrides: Any) -> Worker:
@@ -85,11 +94,23 @@ class RecordingStore(MongoJobStore):
     def __init__(self, database: Database[Any]) -> None:
         super().__init__(database)
         self.outcomes: dict[StreamPosition, list[Outcome]] = defaultdict(list)
+        self._in_batch = False
 
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         outcome = super().apply(event, position, dry_run=dry_run)
-        self.outcomes[position].append(outcome)
+        if not self._in_batch:
+            self.outcomes[position].append(outcome)
         return outcome
+
+    def apply_batch(self, items: Any, *, dry_run: bool = False) -> list[tuple[Outcome, str]]:
+        self._in_batch = True  # what the batch applies one by one is recorded once, below
+        try:
+            results = super().apply_batch(items, dry_run=dry_run)
+        finally:
+            self._in_batch = False
+        for (_event, position), (outcome, _error) in zip(items, results, strict=True):
+            self.outcomes[position].append(outcome)
+        return results
 
     def applied_twice(self) -> list[StreamPosition]:
         return [p for p, seen in self.outcomes.items() if Counter(seen)[Outcome.APPLIED] > 1]

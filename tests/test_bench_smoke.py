@@ -4,16 +4,21 @@ on a tiny workload, must apply every event, or the bench must refuse the run."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
+import mongomock_ng
 import pytest
 import redis
+from pymongo import UpdateOne
 
 from bench import measure, report, run
-from bench.systems import SYSTEMS, BenchFailure, Drained, Target, apply_plain
+from bench.network import Network, delayed
+from bench.systems import NAMES, SYSTEMS, BenchFailure, Drained, Target, apply_plain
 from bench.workloads import Workload, build, check_documents
 from tests.conftest import load_sample_entries
+from worker.memorydb import has_native_bulk_write
 
 pytestmark = pytest.mark.redis_server
 
@@ -63,12 +68,64 @@ def test_the_workload_is_what_the_issue_asks_for(workload: Workload) -> None:
     assert {fields["job_id"] for fields in workload.entries[:20]} == set(job_ids)  # mixed
 
 
-@pytest.mark.parametrize("system", ["A", "B", "C"])
+def test_the_modelled_network_delays_and_counts_each_call_to_the_server() -> None:
+    raw: Any = mongomock_ng.MongoClient()["net"]
+    raw["job"].insert_one({"_id": "j", "n": 0})
+    network = Network(2.0)
+    database: Any = delayed(raw, network)
+
+    started = time.perf_counter()
+    for number in range(10):
+        database["job"].update_one({"_id": "j"}, {"$set": {"n": number}})
+    elapsed = time.perf_counter() - started
+    assert network.round_trips == 10
+    assert elapsed >= 10 * 0.002 * 0.9  # the delay is slept (overshoot learnt, not assumed)
+    assert 1.8 <= network.mean_delay_ms <= 2.5
+
+    collection = database.get_collection("job").with_options()
+    assert collection.find_one({"_id": "j"})["n"] == 9
+    assert list(database.job.find({})) == [{"_id": "j", "n": 9}]
+    database.command("ping")
+    assert collection.write_concern.acknowledged  # an attribute, not a round trip
+    assert collection.name == "job"
+    assert network.by_method == {"update_one": 10, "find_one": 1, "find": 1, "command": 1}
+    assert network.round_trips == 13
+
+
+def test_a_bulk_write_is_one_round_trip_applied_in_order() -> None:
+    raw: Any = mongomock_ng.MongoClient()["net"]
+    raw["job"].insert_one({"_id": "j", "clients": [{"uuid": "u", "n": 0}]})
+    network = Network(0)
+    collection: Any = delayed(raw, network)["job"]
+
+    requests = [
+        UpdateOne(
+            {"_id": "j"}, {"$set": {"clients.$[c].n": number}}, array_filters=[{"c.uuid": "u"}]
+        )
+        for number in range(1, 6)
+    ]
+    result = collection.bulk_write(requests, ordered=True)
+    assert result.matched_count == 5
+    assert raw["job"].find_one({"_id": "j"})["clients"][0]["n"] == 5  # the last one won
+    assert network.by_method == {"bulk_write": 1}
+    assert has_native_bulk_write(collection)  # the worker hands its bulks to the proxy
+
+
+def test_no_delay_still_counts() -> None:
+    network = Network(0)
+    database: Any = delayed(mongomock_ng.MongoClient()["net"], network)
+    database["job"].insert_many([{"_id": 1}, {"_id": 2}])
+    assert database["job"].count_documents({}) == 2
+    assert network.round_trips == 2 and network.slept_s == 0 and network.mean_delay_ms == 0
+
+
+@pytest.mark.parametrize("system", ["A", "A1", "B", "C"])
 def test_each_writing_system_applies_every_event(
     system: str, workload: Workload, target: Target, real_redis: redis.Redis
 ) -> None:
     database = measure.prepare(real_redis, target, workload)
-    drained = SYSTEMS[system](target, database, len(workload))
+    network = Network(0)
+    drained = SYSTEMS[system](target, delayed(database, network), len(workload))
 
     assert drained.handled == len(workload)
     assert drained.seconds > 0
@@ -82,6 +139,47 @@ def test_each_writing_system_applies_every_event(
         for number, info in enumerate(document["clients_info"]):
             assert json.loads(info["metrics"]) == clients[number % len(clients)]
     assert check_documents(database, workload) == []
+    assert network.round_trips > 0  # it went through the proxy
+    if system.startswith("A"):
+        assert isinstance(drained.round_trips, int) and drained.round_trips > 0
+
+
+def test_a_drain_behind_the_network_reports_round_trips(
+    workload: Workload, target: Target, real_redis: redis.Redis
+) -> None:
+    plain = measure.drain_once("B", workload, real_redis, target, rtt_ms=0.5)
+    assert plain.events == len(workload)
+    assert plain.round_trips == plain.proxy_round_trips == len(workload)  # one per event
+    assert plain.counted_by == "proxy"
+    assert plain.network_s >= len(workload) * 0.0005 * 0.9
+    worker = measure.drain_once("A", workload, real_redis, target, rtt_ms=0.5)
+    assert worker.counted_by == "store.round_trips"
+    assert 0 < worker.round_trips < len(workload)
+    read = measure.drain_once("R", workload, real_redis, target, rtt_ms=0.5)
+    assert (read.round_trips, read.proxy_round_trips, read.network_s) == (0, 0, 0.0)
+    assert read.counted_by == "no MongoDB"
+
+
+def test_the_plain_read_loop_reads_and_acknowledges_every_entry(
+    workload: Workload, target: Target, real_redis: redis.Redis
+) -> None:
+    database = measure.prepare(real_redis, target, workload)
+    drained = SYSTEMS["R"](target, None, len(workload))
+
+    assert drained.handled == len(workload)
+    assert measure.pending(real_redis, target) == 0
+    assert {doc["status"] for doc in database["job"].find({})} == {"NOT_STARTED"}
+
+
+def test_replay_is_measured_and_scaled(target: Target, real_redis: redis.Redis) -> None:
+    figures = measure.replay(real_redis, target, jobs=1, count=100, rtt_ms=0.5)
+    assert figures["entries"] == 142  # whole passes of the 71-event workload
+    assert sum(figures["counts"].values()) == 142
+    assert figures["scaled_1m_entries_s"] == pytest.approx(
+        1_000_000 / figures["events_per_s"], rel=0.01
+    )
+    assert figures["mongo_round_trips_per_1000_events"] > 0
+    assert figures["modelled_rtt_ms"] == 0.5
 
 
 def test_the_worker_without_a_store_handles_every_event(
@@ -136,6 +234,9 @@ TINY = run.Config(
     steady_jobs=1,
     backlog_jobs=1,
     backlog_repeats=1,
+    rtts_ms=(0.0, 2.0),
+    replay_entries=71,
+    replay_rtts_ms=(0.0, 2.0),
     latency_rate=2000.0,
     latency_jobs=1,
     latency_passes=2,
@@ -150,16 +251,42 @@ TINY = run.Config(
 
 def test_a_tiny_benchmark_measures_everything_and_writes_both_outputs(tmp_path: Path) -> None:
     """The whole command on a private redis-server, child processes included."""
-    results = run.benchmark(TINY, "ABCD", [], tmp_path / "logs")
+    announced: list[str] = []
+    results = run.benchmark(TINY, list(NAMES), [], tmp_path / "logs", announce=announced.append)
     page = run.write_results(results, tmp_path)
 
     verdicts = {verdict["target"]: verdict["result"] for verdict in results["targets"]}
-    assert len(verdicts) == len(report.TARGETS) == 7
+    assert len(verdicts) == len(report.TARGETS) == 15
     assert set(verdicts.values()) <= {"PASS", "MISS"}  # each one measured
+    for verdict in results["targets"]:
+        assert verdict["issue"] in (6, 13)
+        if verdict["result"] == "MISS" and verdict["issue"] == 13:
+            assert verdict["bound"]  # what bounds it, worked out from the figures
     for workload in ("steady", "backlog"):
-        for system in "ABCD":
-            assert len(results["throughput"][workload]["runs"][system]) == 3
-            assert results["throughput"][workload]["median"][system] > 0
+        by_rtt = results["throughput"][workload]["by_rtt"]
+        assert set(by_rtt) == {"0", "2"}
+        assert set(by_rtt["0"]) == set(NAMES)  # D and R only without a modelled delay
+        assert set(by_rtt["2"]) == {"A", "A1", "B", "C"}
+        for rtt, rows in by_rtt.items():
+            for system, row in rows.items():
+                assert len(row["runs"]) == 3
+                assert row["events_per_s"] > 0
+                assert row["modelled_rtt_ms"] == float(rtt)
+                trips = row["mongo_round_trips_per_1000_events"]
+                if system in ("D", "R"):
+                    assert trips == 0
+                elif system in ("B", "C"):
+                    assert trips == 1000  # one update_one per event, counted by the proxy
+                else:
+                    assert row["round_trips_counted_by"] == "store.round_trips"
+                    assert 0 < trips < 1000
+                if float(rtt):
+                    assert 1.8 <= row["measured_delay_ms"] <= 2.5
+        assert results["ratios"][workload]["2"]["A/B"] > 0
+        assert results["ratios"][workload]["0"]["D/R"] > 0
+    replay = results["replay"]["by_rtt"]
+    assert set(replay) == {"0", "2"} and replay["2"]["seconds"] > replay["0"]["seconds"]
+    assert replay["2"]["scaled_1m_entries_s"] > 0
     assert results["latency"]["events"] == results["latency_small"]["events"] == 142
     assert results["latency"]["p99_ms"] > 0
     assert results["memory"]["events"] == 400
@@ -169,5 +296,47 @@ def test_a_tiny_benchmark_measures_everything_and_writes_both_outputs(tmp_path: 
     assert (tmp_path / "logs" / "latency.log").is_file()
     assert json.loads((tmp_path / "latest.json").read_text()) == results
     assert (tmp_path / "latest.md").read_text() == page
+    assert announced and announced[0].startswith("Command: `")
+    assert "Machine: " in announced[0] and "redis-server" in announced[0]
     assert "| A >= 0.9 x B on steady |" in page
+    assert "| at 2 ms: A >= 10 x C on backlog |" in page
+    assert "scaled linearly" in page
+    assert "MODELLED NETWORK" in page
     assert "## Throughput" in page
+
+
+def test_a_miss_says_what_bounds_it() -> None:
+    def row(system: str, rate: float, network_us: float, trips: float) -> dict[str, Any]:
+        return {
+            "system": system,
+            "workload": "backlog",
+            "modelled_rtt_ms": 2.0,
+            "events_per_s": rate,
+            "us_per_event": 1e6 / rate,
+            "network_us_per_event": network_us,
+            "mongo_round_trips_per_1000_events": trips,
+            "proxy_round_trips_per_1000_events": trips,
+            "round_trips_counted_by": "store.round_trips" if system == "A" else "proxy",
+            "proxy_round_trips_by_method": {"bulk_write": 1},
+        }
+
+    results: dict[str, Any] = {
+        "read_count": 1000,
+        "throughput": {
+            "backlog": {
+                "by_rtt": {"2": {"A": row("A", 2000, 100, 50), "B": row("B", 400, 2000, 1000)}}
+            }
+        },
+        "ratios": {"backlog": {"2": {"A/B": 5.0}}},
+    }
+    verdicts = {v["target"]: v for v in report.judge(results)}
+    ratio = verdicts["at 2 ms: A >= 10 x B on backlog"]
+    assert ratio["result"] == "MISS"
+    assert "in-process work alone" in ratio["bound"]  # 400 us local > the 250 us budget
+    trips = verdicts["A <= 2 MongoDB round trips per 1,000 events on backlog"]
+    assert trips["result"] == "MISS" and "50.0 round trips per 1,000" in trips["bound"]
+    assert verdicts["at 2 ms: A >= 2.5 x B on steady"]["result"] == "not measured"
+
+    disagreeing = row("A", 2000, 100, 50) | {"proxy_round_trips_per_1000_events": 120.0}
+    assert "the proxy counted 120.0" in report.disagreement(disagreeing)
+    assert report.disagreement(row("A", 2000, 100, 50)) == ""

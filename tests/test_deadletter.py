@@ -20,7 +20,6 @@ from worker.cli import main
 from worker.commands import dlq
 from worker.consumer import Worker
 from worker.deadletter import (
-    BOOKKEEPING,
     drop,
     find_dead_letters,
     get_dead_letter,
@@ -28,11 +27,12 @@ from worker.deadletter import (
     requeue,
 )
 from worker.events import parse_entry
+from worker.letters import BOOKKEEPING
 from worker.logs import configure_logging
 from worker.positions import StreamPosition
 from worker.settings import Settings
 from worker.store import MongoJobStore
-from worker.stream import DeadLetter, Entry, dead_letter_fields
+from worker.stream import DeadLetter, Entry, dead_letter_entry
 
 STREAM = "florist:events"
 DEAD = "florist:events:dead"
@@ -47,6 +47,7 @@ def settings(**overrides: Any) -> Settings:
         "dead_stream": DEAD,
         "consumer": "dlq-test",
         "max_deliveries": 1,
+        "unknown_retry_s": 0,
         "backoff_initial_s": 0.001,
         "backoff_max_s": 0.01,
     }
@@ -144,8 +145,10 @@ def test_requeue_puts_the_original_fields_back_with_origin_id_and_removes_the_le
 
     new_id, fields = stream_entries(real_redis, STREAM)[-1]
     assert StreamPosition.parse(new_id) > StreamPosition.parse(unknown_id)  # at the end
+    token = fields.pop("requeue_token")
     assert fields == {**unknown_job_entry, "origin_id": unknown_id}
-    assert not set(BOOKKEEPING) & set(fields)
+    assert real_redis.hget(STREAM + ":requeued", token) == unknown_id.encode()
+    assert not (set(BOOKKEEPING) - {"origin_id"}) & set(fields)
     assert parse_entry(fields).position(new_id) == StreamPosition.parse(unknown_id)
     assert get_dead_letter(real_redis, letter_id, settings=settings()) is None
     assert [x.origin_id for x in list_dead_letters(real_redis, settings=settings())] == [invalid_id]
@@ -199,7 +202,7 @@ def test_requeue_and_drop_go_page_by_page_in_order(real_redis: redis.Redis) -> N
         letter = DeadLetter(
             Entry(origin, {k.encode(): v.encode() for k, v in fields.items()}), reason, "test", 1
         )
-        real_redis.xadd(DEAD, dead_letter_fields(letter, STREAM))
+        real_redis.xadd(DEAD, dead_letter_entry(letter, STREAM))
         origins.append((origin, reason))
 
     dropped = drop(real_redis, None, reason="unknown_job", settings=settings())

@@ -162,6 +162,17 @@ def test_builder_installs_the_package_with_the_memory_extra(dockerfile: Any) -> 
     assert "/opt/venv" in " ".join(args for _, args in dockerfile[0])
 
 
+def test_builder_installs_the_producer_distribution_from_the_context(dockerfile: Any) -> None:
+    # florist-events (producer/) is not on PyPI: the builder builds its wheel and installs
+    # that file beside the worker's, so pip never looks the name up anywhere.
+    builder = dockerfile[0]
+    assert ("COPY", "producer/ ./producer/") in builder
+    runs = " ".join(args for keyword, args in builder if keyword == "RUN")
+    assert re.search(r"pip wheel --no-deps --wheel-dir /dist \./producer \.", runs), runs
+    assert '"$(ls /dist/florist_events-*.whl)"' in runs
+    assert runs.index("florist_events-") < runs.index("florist_worker-")
+
+
 def test_final_stage_runs_the_worker_as_a_non_root_user(dockerfile: Any) -> None:
     final = dockerfile[-1]
     users = [args for keyword, args in final if keyword == "USER"]
@@ -238,7 +249,8 @@ def test_dockerignore_keeps_what_the_dockerfile_copies(
             if keyword in {"COPY", "ADD"} and "--from=" not in args:
                 words = [word for word in args.split() if not word.startswith("--")]
                 sources.extend(words[:-1])
-    assert {"pyproject.toml", "README.md", "worker/", "deploy/emitter.py"} <= set(sources)
+    expected = {"pyproject.toml", "README.md", "worker/", "producer/", "deploy/emitter.py"}
+    assert expected <= set(sources)
     for source in sources:
         assert not dockerignore_excludes(source, dockerignore), f"{source} is not in the context"
         if source.endswith("/"):
@@ -265,9 +277,21 @@ def test_dockerignore_leaves_out_local_state(dockerignore: list[str]) -> None:
         ".env",
         "compose.override.yaml",
         "worker/__pycache__/cli.cpython-311.pyc",
+        "producer/tests/test_wire.py",
+        "producer/build/lib/florist_events/wire.py",
+        "producer/src/florist_events.egg-info/PKG-INFO",
+        ".venv-py310/bin/python",
     ]:
         assert dockerignore_excludes(path, dockerignore), f"{path} would be in the context"
     assert not dockerignore_excludes("worker/commands/run.py", dockerignore)
+    for path in [
+        "producer/pyproject.toml",
+        "producer/README.md",
+        "producer/src/florist_events/__init__.py",
+        "producer/src/florist_events/py.typed",
+    ]:
+        assert not dockerignore_excludes(path, dockerignore), f"{path} is left out"
+        assert (ROOT / path).is_file(), f"{path} is missing"
 
 
 def test_the_dockerignore_matcher_itself() -> None:
@@ -396,31 +420,63 @@ def test_the_emitter_the_compose_file_runs_is_copied_into_the_image(dockerfile: 
 # --------------------------------------------------------------------------- Redis ACL
 
 
+def acl_words(line: str) -> list[str]:
+    """A ``user`` line's words; a selector ``( ... )`` is one word, as Redis reads it."""
+    words: list[str] = []
+    for word in line.split():
+        if words and words[-1].startswith("(") and not words[-1].endswith(")"):
+            words[-1] += " " + word
+        else:
+            words.append(word)
+    return words
+
+
 def acl_rules() -> dict[str, list[str]]:
     """``{user: [rule, ...]}`` from the ``user`` lines of deploy/redis-acl.conf."""
     rules: dict[str, list[str]] = {}
     for line in ACL.read_text().splitlines():
-        words = line.split()
+        words = acl_words(line)
         if words and words[0] == "user":
             assert len(words) >= 3, f"a user line without rules: {line}"
             rules[words[1]] = words[2:]
     return rules
 
 
-def test_acl_file_has_the_two_users_with_placeholder_passwords() -> None:
+UUID_KEYS = "????????-????-????-????-????????????"
+A_UUID = "0c316680-1375-4e07-84c3-a732a2e6d03f"
+
+
+def test_acl_file_has_the_users_with_placeholder_passwords() -> None:
     rules = acl_rules()
-    assert {"florist-worker", "florist-producer"} <= set(rules)
-    for name in ("florist-worker", "florist-producer"):
+    assert set(rules) == {"florist-worker", "florist-producer", "florist-api", "default"}
+    for name in ("florist-worker", "florist-producer", "florist-api"):
         words = rules[name]
         assert "on" in words
         passwords = [word for word in words if word.startswith(">")]
         assert passwords == [f">{PLACEHOLDER_PASSWORD}"], f"{name}: a real password in the file?"
         assert "-@all" in words and "+@all" not in words and "allkeys" not in words
         assert "~*" not in words and "allcommands" not in words
-    assert [word for word in rules["florist-producer"] if word.startswith("~")] == [
-        "~florist:events"
-    ]
+    producer = rules["florist-producer"]
+    assert [word for word in producer if word.startswith("~")] == ["~florist:events"]
+    # SET (write-only) on uuid-shaped keys, in a selector of its own: nothing else.
+    assert [word for word in producer if word.startswith("(")] == [f"(+set %W~{UUID_KEYS})"]
+    assert [word for word in producer if word.startswith("+")] == [
+        "+ping", "+hello", "+select", "+client|setname", "+multi", "+exec", "+discard", "+xadd",
+    ]  # fmt: skip
+    api = rules["florist-api"]
+    assert [word for word in api if "~" in word] == [f"%R~{UUID_KEYS}"]
+    assert "+get" in api and not any(w.startswith("(") for w in api)
     assert rules.get("default") == ["off"]
+
+
+def test_the_uuid_key_pattern_matches_florist_s_uuids_only() -> None:
+    import fnmatch
+    import uuid
+
+    for _ in range(20):
+        assert fnmatch.fnmatchcase(str(uuid.uuid4()), UUID_KEYS)
+    for name in ["florist:events", "florist:events:dead", "x" * 36, A_UUID + "0", A_UUID[1:]]:
+        assert not fnmatch.fnmatchcase(name, UUID_KEYS), name
 
 
 @pytest.fixture
@@ -474,6 +530,99 @@ def test_producer_can_only_append_to_the_events_stream(acl_server: RedisServer) 
         assert worker.xlen("florist:events") == 1
     finally:
         producer.close()
+        worker.close()
+
+
+@pytest.mark.redis_server
+def test_producer_may_set_uuid_keys_with_its_entry_and_nothing_more(
+    acl_server: RedisServer,
+) -> None:
+    producer = connect(acl_server, "florist-producer")
+    api = connect(acl_server, "florist-api")
+    worker = connect(acl_server, "florist-worker")
+    try:
+        pipe = producer.pipeline(transaction=True)
+        pipe.set(A_UUID, '{"fit_start": "t"}')
+        pipe.xadd("florist:events", {"v": "1"})
+        assert pipe.execute()[0] is True
+        assert producer.set(A_UUID, '{"fit_start": "t2"}')
+        assert api.get(A_UUID) == b'{"fit_start": "t2"}'
+
+        denied(producer.set, A_UUID, "x", get=True)  # write-only: no reading through SET
+        denied(producer.get, A_UUID)
+        denied(producer.delete, A_UUID)
+        denied(producer.expire, A_UUID, 10)
+        denied(producer.xadd, A_UUID, {"v": "1"})
+        denied(producer.set, "florist:events", "x")  # cannot overwrite the stream
+        denied(producer.set, "not-a-uuid", "x")
+        denied(producer.set, A_UUID + "0", "x")
+        denied(producer.publish, A_UUID, "update")
+        denied(producer.hset, A_UUID, "a", "b")
+        # A refused command inside MULTI aborts the whole transaction: no entry without key.
+        length = worker.xlen("florist:events")
+        pipe = producer.pipeline(transaction=True)
+        pipe.set("not-a-uuid", "x")
+        pipe.xadd("florist:events", {"v": "1"})
+        with pytest.raises(redis.exceptions.RedisError):
+            pipe.execute()
+        assert worker.xlen("florist:events") == length
+    finally:
+        producer.close()
+        api.close()
+        worker.close()
+
+
+@pytest.mark.redis_server
+def test_florist_api_may_only_read_uuid_keys(acl_server: RedisServer) -> None:
+    producer = connect(acl_server, "florist-producer")
+    api = connect(acl_server, "florist-api")
+    try:
+        assert api.ping()
+        producer.set(A_UUID, "{}")
+        assert api.get(A_UUID) == b"{}"
+        assert api.get("11111111-2222-4333-8444-555555555555") is None
+        denied(api.set, A_UUID, "x")
+        denied(api.delete, A_UUID)
+        denied(api.get, "florist:events")
+        denied(api.xrange, "florist:events")
+        denied(api.keys, "*")
+        denied(api.publish, A_UUID, "x")
+    finally:
+        producer.close()
+        api.close()
+
+
+@pytest.mark.redis_server
+def test_drop_in_reporter_works_as_the_producer_user(acl_server: RedisServer) -> None:
+    """FLorist's reporter line with the drop-in, given the producer user: the entry and
+    the snapshot key are written, and FLorist's API (as florist-api) reads the key."""
+    from florist_events import StreamMetricsReporter
+
+    api = connect(acl_server, "florist-api")
+    worker = connect(acl_server, "florist-worker")
+    reporter = StreamMetricsReporter(
+        host="127.0.0.1",
+        port=str(acl_server.port),
+        run_id=A_UUID,
+        username="florist-producer",
+        password=PLACEHOLDER_PASSWORD,
+        stream="florist:events",
+    )
+    try:
+        reporter.initialize(id="server-name")
+        reporter.report({"fit_start": "2024-11-20 14:00:00", "host_type": "server"})
+        reporter.report({"fit_round_start": "a"}, 1)
+        reporter.shutdown()
+        assert not reporter.pending
+        snapshot = json.loads(api.get(A_UUID))
+        assert "fit_start" in snapshot  # what FLorist's wait_for_metric looks for
+        assert snapshot["rounds"] == {"1": {"fit_round_start": "a"}}
+        entries = worker.xrange("florist:events")
+        assert len(entries) == 2
+        assert entries[-1][1][b"server_uuid"] == A_UUID.encode()
+    finally:
+        reporter.publisher.close()
+        api.close()
         worker.close()
 
 
@@ -587,6 +736,14 @@ def test_acl_file_loads_as_a_redis_config_file(tmp_path: Path) -> None:
         with pytest.raises(redis.exceptions.AuthenticationError):
             anonymous.ping()  # the default user is off
         denied(worker.flushall)
+        producer = redis.Redis(
+            port=port, username="florist-producer", password=PLACEHOLDER_PASSWORD, socket_timeout=2
+        )
+        try:  # the selector survives redis.conf parsing
+            assert producer.set(A_UUID, "{}")
+            denied(producer.set, "florist:events", "x")
+        finally:
+            producer.close()
     finally:
         worker.close()
         anonymous.close()

@@ -150,19 +150,21 @@ from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from tests.conftest import load_sample_entries  # noqa: E402
-from worker.batch import plan_batch_fully  # noqa: E402
 
 SAMPLES = load_sample_entries()
 
 
 @given(st.lists(st.integers(0, len(SAMPLES) - 1), min_size=1, max_size=38))
-def test_the_fast_planner_decides_exactly_as_the_full_one(indices):
+def test_a_whole_batch_decides_each_entry_as_batches_of_one_do(indices):
     batch = _sample_batch(SAMPLES, indices)
-    fast, full = plan_batch(batch, Limits()), plan_batch_fully(batch, Limits())
-    assert [p.outcome for p in fast] == [p.outcome for p in full]
-    assert [p.event for p in fast if p.outcome is None] == [
-        p.event for p in full if p.outcome is None
-    ]
+    whole = plan_batch(batch, Limits())
+    alone = [plan_batch([entry], Limits())[0] for entry in batch]
+    for together, single in zip(whole, alone, strict=True):
+        assert single.outcome is None or single.outcome.dead_at_once
+        if together.outcome is Outcome.COALESCED:
+            assert single.outcome is None  # only a valid snapshot can be superseded
+        else:
+            assert (together.outcome, together.event) == (single.outcome, single.event)
 
 
 def test_an_invalid_newest_snapshot_does_not_swallow_the_older_ones():

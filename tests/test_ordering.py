@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import STREAM, job_of, make_worker
+from tests.support import STREAM, job_of, make_worker, requeued
 
 JOB = "job-1"
 CLIENT = "client-uuid-1"
@@ -60,7 +60,7 @@ def test_older_position_arriving_later_is_a_duplicate(fake_redis, database):
     worker = make_worker(fake_redis, database, batch_size=1)
     worker.drain()
     # A requeued copy of an older snapshot: new entry ID, but origin_id 5-9.
-    fake_redis.xadd(STREAM, _client("older", origin_id="5-9"), id="6-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client("older"), "5-9"), id="6-0")
     assert worker.drain() == {"duplicate": 1}
     document = job_of(database, JOB)
     assert json.loads(document["clients_info"][0]["metrics"]) == {"version": "newer"}
@@ -72,7 +72,7 @@ def test_requeued_event_newer_than_the_state_applies(fake_redis, database):
     fake_redis.xadd(STREAM, _client("first"), id="5-1")
     worker = make_worker(fake_redis, database, batch_size=1)
     worker.drain()
-    fake_redis.xadd(STREAM, _client("requeued", origin_id="5-2"), id="9-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client("requeued"), "5-2"), id="9-0")
     assert worker.drain() == {"applied": 1}
     assert json.loads(job_of(database, JOB)["clients_info"][0]["metrics"]) == {
         "version": "requeued"
@@ -82,7 +82,7 @@ def test_requeued_event_newer_than_the_state_applies(fake_redis, database):
 def test_same_event_twice_is_a_duplicate(fake_redis, database):
     _job(database)
     fake_redis.xadd(STREAM, _server("v1"), id="7-0")
-    fake_redis.xadd(STREAM, _server("v1 again", origin_id="7-0"), id="8-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _server("v1 again"), "7-0"), id="8-0")
     counts = make_worker(fake_redis, database, batch_size=1).drain()
     assert counts == {"applied": 1, "duplicate": 1}
     assert json.loads(job_of(database, JOB)["server_metrics"]) == {"version": "v1"}
@@ -123,7 +123,7 @@ def test_an_earlier_finish_applied_late_replaces_a_later_one(fake_redis, databas
     worker.drain()
     assert job_of(database, JOB)["status"] == "FINISHED_SUCCESSFULLY"
     # An error finish that was earlier in the stream, delivered late (requeued).
-    late = _status("FINISHED_WITH_ERROR", error_message="boom", origin_id="20-0")
+    late = requeued(fake_redis, _status("FINISHED_WITH_ERROR", error_message="boom"), "20-0")
     fake_redis.xadd(STREAM, late, id="40-0")
     assert worker.drain() == {"applied": 1}
     document = job_of(database, JOB)

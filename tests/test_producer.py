@@ -471,3 +471,37 @@ def test_emit_help_lists_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for kind in ("server-metrics", "client-metrics", "status", "raw"):
         assert kind in out
+
+
+# --- FLORIST_STREAM: the publisher and the worker read the same variable (issue 11) ----------
+
+
+def test_publisher_and_worker_meet_on_florist_stream(
+    monkeypatch: pytest.MonkeyPatch, database: Any, job_document: dict[str, Any], tmp_path: Any
+) -> None:
+    from worker.consumer import Worker
+    from worker.settings import Settings
+
+    monkeypatch.setenv("FLORIST_STREAM", "custom:events")
+    client = isolated_fake()
+    publisher = EventPublisher(client)  # no stream given: FLORIST_STREAM
+    assert publisher.stream == "custom:events"
+    database["job"].insert_one(job_document)
+    publisher.status(job_document["_id"], JobStatus.IN_PROGRESS)
+
+    worker = Worker(client, database, Settings(consumer="t", heartbeat_file=tmp_path / "hb"))
+    assert worker.drain() == {"applied": 1}
+    assert database["job"].find_one({"_id": job_document["_id"]})["status"] == "IN_PROGRESS"
+    assert not client.exists(STREAM)
+
+
+def test_the_reporter_s_drop_in_form_reads_florist_stream_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.producer import StreamMetricsReporter
+
+    monkeypatch.setenv("FLORIST_STREAM", "custom:events")
+    reporter = StreamMetricsReporter(host="localhost", port="6379", run_id=CLIENT)
+    assert reporter.publisher.stream == "custom:events"
+    monkeypatch.delenv("FLORIST_STREAM")
+    assert StreamMetricsReporter(host="h", port=1).publisher.stream == STREAM

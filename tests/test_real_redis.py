@@ -144,6 +144,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(private_redis, tmp_path):
         "FLORIST_MONGODB_URI": "memory://",
         "FLORIST_CONSUMER": "sigterm-test",
         "FLORIST_MAX_DELIVERIES": "1",
+        "FLORIST_UNKNOWN_RETRY_S": "0",
         "FLORIST_BATCH_SIZE": "50",
         "FLORIST_BLOCK_MS": "500",
         "FLORIST_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),

@@ -5,20 +5,46 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import json
+import logging
 import math
 import socket
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import fakeredis
 import pytest
 import redis
-from structlog.testing import capture_logs
 
 from tests.redis_server import RedisServer
 from worker.events import ClientMetricsEvent, Limits, ServerMetricsEvent, parse_entry
 from worker.producer import EventPublisher, StreamMetricsReporter, jsonable
+
+
+@contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """The reporter's log records as dicts: ``event``, ``log_level`` and the record's fields."""
+    records: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            event = getattr(record, "event", record.getMessage())
+            fields = getattr(record, "fields", {})
+            records.append({"event": event, "log_level": record.levelname.lower(), **fields})
+
+    logger = logging.getLogger("florist_events")
+    handler = Collect(level=logging.DEBUG)
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+
 
 JOB = "066de609-b04a-4b30-b46c-32537c7f1f6e"
 CLIENT = "0c316680-1375-4e07-84c3-a732a2e6d03f"
@@ -325,10 +351,10 @@ def test_any_publisher_error_is_swallowed(client: fakeredis.FakeRedis) -> None:
     class Exploding(EventPublisher):
         fail = True
 
-        def server_metrics(self, job_id: str, metrics: Any) -> str:
+        def publish_fields(self, fields: Any, **options: Any) -> str:
             if self.fail:
                 raise RuntimeError("anything at all")
-            return super().server_metrics(job_id, metrics)
+            return super().publish_fields(fields, **options)
 
     publisher = Exploding(client)
     reporter = StreamMetricsReporter(publisher, JOB, host_type="server", retry_interval_s=0)
@@ -346,10 +372,10 @@ def test_failed_attempts_back_off(
     attempts = 0
 
     class Counting(EventPublisher):
-        def server_metrics(self, job_id: str, metrics: Any) -> str:
+        def publish_fields(self, fields: Any, **options: Any) -> str:
             nonlocal attempts
             attempts += 1
-            return super().server_metrics(job_id, metrics)
+            return super().publish_fields(fields, **options)
 
     reporter = StreamMetricsReporter(
         Counting(client), JOB, host_type="server", retry_interval_s=60, max_retry_interval_s=60
@@ -504,3 +530,44 @@ def test_an_unresponsive_redis_costs_one_socket_timeout_per_interval() -> None:
     assert len(failures) == 1
     assert "Timeout" in failures[0]["error"]
     assert reporter.pending
+
+
+# --- identities: job id, uuids, and what cannot be published ---------------------------------
+
+
+def test_shutdown_does_not_wait_for_an_identity_that_cannot_come(
+    client: fakeredis.FakeRedis,
+) -> None:
+    reporter = client_reporter(client, shutdown_attempts=5, shutdown_retry_wait_s=1)
+    reporter.report({"a": 1})
+    started = time.monotonic()
+    with capture_logs() as logs:
+        reporter.shutdown()
+    assert time.monotonic() - started < 0.5
+    assert [log["event"] for log in logs] == ["metrics_snapshot_lost"]
+    assert logs[0]["reason"] == "metrics_held_without_client_uuid"
+    assert published(client) == []
+
+
+def test_a_server_on_a_publisher_may_carry_its_uuid_too(client: fakeredis.FakeRedis) -> None:
+    server_uuid = "d73243cf-8b89-473b-9607-8cd0253a101d"
+    reporter = StreamMetricsReporter(
+        EventPublisher(client), JOB, server_uuid, host_type="server", retry_interval_s=0
+    )
+    reporter.initialize(id="fl4health-server-name")  # the given uuid stays
+    reporter.report({"host_type": "server", "fit_start": "t"})
+    [event] = published(client)
+    assert isinstance(event, ServerMetricsEvent)
+    assert event.job_id == JOB
+    [(_, fields)] = client.xrange(STREAM)
+    assert fields[b"server_uuid"] == server_uuid.encode()
+    assert client.get(server_uuid) is None  # no FLorist key unless snapshot_key=True
+
+
+def test_snapshot_key_on_a_publisher_when_asked(client: fakeredis.FakeRedis) -> None:
+    reporter = StreamMetricsReporter(
+        EventPublisher(client), JOB, host_type="client", client_uuid=CLIENT, snapshot_key=True
+    )
+    reporter.report({"host_type": "client", "initialized": "t"})
+    assert json.loads(client.get(CLIENT)) == {"host_type": "client", "initialized": "t"}
+    assert client.get(CLIENT).decode() == json.dumps(reporter.metrics)  # FLorist's text

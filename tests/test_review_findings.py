@@ -10,7 +10,15 @@ import pytest
 import redis
 from pymongo.errors import WriteError
 
-from tests.support import DEAD, STREAM, dead_letters, job_of, make_worker, pending_of
+from tests.support import (
+    DEAD,
+    STREAM,
+    dead_letters,
+    job_of,
+    make_worker,
+    pending_of,
+    requeued,
+)
 from worker.stream import DeadStreamMisconfigured
 
 JOB = "job-1"
@@ -34,8 +42,8 @@ def test_a_repeated_uuid_gets_the_same_snapshot_in_every_copy(fake_redis, databa
     fake_redis.xadd(STREAM, _client_event(2), id="5-2")  # the newer one first
     worker = make_worker(fake_redis, database, batch_size=1)
     assert worker.drain() == {"applied": 1}
-    fake_redis.xadd(STREAM, _client_event(1, origin_id="5-1"), id="6-0")
-    fake_redis.xadd(STREAM, _client_event(2, origin_id="5-2"), id="6-1")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(1), "5-1"), id="6-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(2), "5-2"), id="6-1")
     assert worker.drain() == {"duplicate": 2}
     metrics = [json.loads(c["metrics"]) for c in job_of(database, JOB)["clients_info"]]
     assert metrics == [{"version": 2}, {"version": 2}]
@@ -73,6 +81,9 @@ class RefusingCollection:
 
     def find_one(self, *args, **kwargs):
         return self.collection.find_one(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
 
 
 class RefusingDatabase:
@@ -142,7 +153,7 @@ def test_an_origin_id_after_the_entry_itself_is_invalid(fake_redis, database):
     database["job"].insert_one(
         {"_id": JOB, "status": "IN_PROGRESS", "clients_info": [{"uuid": "u"}]}
     )
-    fake_redis.xadd(STREAM, _client_event(1, origin_id="99999999999999-0"), id="5-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(1), "99999999999999-0"), id="5-0")
     fake_redis.xadd(STREAM, _client_event(2), id="6-0")
     assert make_worker(fake_redis, database, batch_size=1).drain() == {"invalid": 1, "applied": 1}
     assert "not before the entry's own ID" in dead_letters(fake_redis)[0]["dead_error"]

@@ -1,142 +1,100 @@
-"""Planning one batch, without I/O: find superseded snapshots, then parse the rest.
+"""Planning one batch, without I/O: decide what each entry is, then coalesce.
 
-A snapshot event carries a target's whole current state, so within one batch only
-the newest per target needs writing; the older ones are ``coalesced``. This is what
-lets a backlog drain far faster than one write per entry.
+Every entry is checked in full (:func:`plan_entry`), whatever else is in its batch, so
+an entry's outcome never depends on where batch boundaries fall (except ``coalesced``
+versus ``applied``). Then, because a snapshot event carries a target's whole current
+state, only the newest valid snapshot per target needs writing: the older ones are
+``coalesced``. That is what lets a backlog drain far faster than one write per entry.
 
-Coalescing needs only an entry's envelope (version, type, job, client, position), so
-that is read first, without parsing the metrics JSON; only the entries that will be
-written are parsed and validated in full. An entry superseded in its batch therefore
-has its envelope checked but not its metrics text, which would not be written anyway.
-If a superseding entry turns out invalid, the batch is planned again the slow way.
+Nothing an entry holds can make planning raise: a fault of the entry is its outcome
+(``invalid``, ``unsupported_version``), and anything unforeseen is ``internal_error``
+with the exception named, so the entry is dead-lettered and the batch goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from worker.effects import may_be_coalesced, metrics_target
 from worker.events import Event, InvalidEntry, Limits, parse_entry
 from worker.outcomes import Outcome
-from worker.positions import InvalidStreamId, StreamPosition
+from worker.positions import StreamPosition
+from worker.requeues import NO_RECORDS, vouched_origin
 from worker.stream import Entry
 
 
 @dataclass(frozen=True, slots=True)
 class Planned:
-    """One entry of the batch: either an event to apply, or an outcome already decided."""
+    """One entry of the batch: either an event to apply, or an outcome already decided.
+
+    ``origin`` is where the event stands in the stream for good: its own ID, or the
+    ``origin_id`` a requeue record vouches for; a dead letter keeps it.
+    """
 
     entry: Entry
     event: Event | None = None
     position: StreamPosition | None = None
     outcome: Outcome | None = None
     error: str = ""
-    type_hint: str = "unknown"
+    origin: str = ""
 
     @property
     def event_type(self) -> str:
-        return self.event.type if self.event is not None else self.type_hint
+        return self.event.type if self.event is not None else "unknown"
+
+    @property
+    def origin_id(self) -> str:
+        return self.origin or self.entry.id
 
 
-def plan_entry(entry: Entry, limits: Limits) -> Planned:
+def describe(error: BaseException) -> str:
+    """An unforeseen exception as one line: its type and message."""
+    return f"{type(error).__name__}: {error}"
+
+
+def plan_entry(entry: Entry, limits: Limits, requeues: Mapping[str, str] = NO_RECORDS) -> Planned:
     """Parse one entry; a bad one gets its final outcome and the reason right away."""
     if entry.fields is None:
         return Planned(entry, outcome=Outcome.LOST, error="trimmed from the stream while pending")
     try:
-        event = parse_entry(entry.fields, limits)
-        position = event.position(entry.id)
+        return _plan(entry, entry.fields, limits, requeues)
+    except Exception as error:  # noqa: BLE001 (last resort: the entry, not the worker, fails)
+        return Planned(entry, outcome=Outcome.INTERNAL_ERROR, error=describe(error))
+
+
+def _plan(
+    entry: Entry, fields: Mapping[bytes, bytes], limits: Limits, requeues: Mapping[str, str]
+) -> Planned:
+    own = StreamPosition.parse(entry.id)
+    vouched = vouched_origin(fields, requeues)
+    origin = vouched if vouched is not None else entry.id
+    try:
+        event = parse_entry(fields, limits)
     except InvalidEntry as error:
-        return Planned(entry, outcome=Outcome(error.outcome), error=error.message)
-    if event.origin_id is not None and position >= StreamPosition.parse(entry.id):
+        return Planned(entry, outcome=Outcome(error.outcome), error=error.message, origin=origin)
+    if event.origin_id is None:
+        return Planned(entry, event=event, position=own, origin=origin)
+    if vouched is None:
+        message = (
+            f"origin_id {event.origin_id} is not vouched for by a requeue record: only "
+            "`florist-worker dlq requeue` may set it"
+        )
+        return Planned(entry, outcome=Outcome.INVALID, error=message)
+    position = StreamPosition.parse(vouched)
+    if position >= own:
         # A requeued entry is always written after its first ID; a later origin_id
-        # would let one producer freeze a target or win the first finish.
+        # would let an entry freeze a target or win the first finish.
         message = f"origin_id {event.origin_id} is not before the entry's own ID {entry.id}"
         return Planned(entry, outcome=Outcome.INVALID, error=message)
-    return Planned(entry, event=event, position=position)
+    return Planned(entry, event=event, position=position, origin=origin)
 
 
-@dataclass(frozen=True, slots=True)
-class _Envelope:
-    """What coalescing needs of a metrics snapshot, read without parsing its JSON."""
-
-    type: str
-    target: tuple[str, ...]
-    position: StreamPosition
-    finishes_job: bool  # conservatively: "fit_end" appears anywhere in the text
-
-
-_METRICS_TYPES = {b"server.metrics": "server.metrics", b"client.metrics": "client.metrics"}
-
-
-def _envelope(entry: Entry, limits: Limits) -> _Envelope | None:
-    """The envelope of a plain v1 metrics snapshot; ``None`` for anything else (status
-    events, bad or unusual entries), which then simply gets the full parse."""
-    fields = entry.fields
-    if fields is None or fields.get(b"v") != b"1":
-        return None
-    event_type = _METRICS_TYPES.get(fields.get(b"type", b""))
-    job = fields.get(b"job_id")
-    metrics = fields.get(b"metrics")
-    if event_type is None or not job or metrics is None or not metrics.startswith(b"{"):
-        return None
-    if sum(len(key) + len(value) for key, value in fields.items()) > limits.max_entry_bytes:
-        return None
-    try:
-        job_id = job.decode()
-        if event_type == "server.metrics":
-            target: tuple[str, ...] = ("server", job_id)
-        else:
-            client = fields.get(b"client_uuid")
-            if not client:
-                return None
-            target = ("client", job_id, client.decode())
-        own = StreamPosition.parse(entry.id)
-        origin = fields.get(b"origin_id")
-        position = own if origin is None else StreamPosition.parse(origin)
-    except (UnicodeDecodeError, InvalidStreamId):
-        return None
-    if origin is not None and position >= own:
-        return None
-    return _Envelope(event_type, target, position, b"fit_end" in metrics)
-
-
-def plan_batch(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
+def plan_batch(
+    entries: Sequence[Entry], limits: Limits, requeues: Mapping[str, str] = NO_RECORDS
+) -> list[Planned]:
     """Plan a batch in stream order; superseded snapshots are marked ``coalesced``."""
-    envelopes = [_envelope(entry, limits) for entry in entries]
-    newest: dict[tuple[str, ...], StreamPosition] = {}
-    for envelope in envelopes:
-        if envelope is not None and (
-            envelope.target not in newest or newest[envelope.target] < envelope.position
-        ):
-            newest[envelope.target] = envelope.position
-    planned = []
-    for entry, envelope in zip(entries, envelopes, strict=True):
-        if (
-            envelope is not None
-            and not envelope.finishes_job
-            and envelope.position < newest[envelope.target]
-        ):
-            planned.append(
-                Planned(
-                    entry,
-                    position=envelope.position,
-                    outcome=Outcome.COALESCED,
-                    type_hint=envelope.type,
-                )
-            )
-            continue
-        item = plan_entry(entry, limits)
-        if envelope is not None and item.event is None:
-            # A snapshot that superseded others is itself invalid: decide without shortcuts.
-            return plan_batch_fully(entries, limits)
-        planned.append(item)
-    return planned
-
-
-def plan_batch_fully(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
-    """Parse every entry, then coalesce by the parsed events (the reference planner)."""
-    planned = [plan_entry(entry, limits) for entry in entries]
+    planned = [plan_entry(entry, limits, requeues) for entry in entries]
     newest: dict[tuple[str, ...], StreamPosition] = {}
     for item in planned:
         if item.event is None or item.position is None:
@@ -149,6 +107,8 @@ def plan_batch_fully(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
         if item.event is not None and item.position is not None and may_be_coalesced(item.event):
             target = metrics_target(item.event)
             if target is not None and item.position < newest[target]:
-                item = Planned(item.entry, item.event, item.position, Outcome.COALESCED)
+                item = Planned(
+                    item.entry, item.event, item.position, Outcome.COALESCED, origin=item.origin
+                )
         result.append(item)
     return result

@@ -30,11 +30,21 @@ import redis
 import structlog
 from pymongo.database import Database
 
+from worker import requeues
 from worker.batch import Planned, plan_batch
+from worker.cluster import CLUSTER_OUTAGES
+from worker.events import Event
 from worker.health import remove_heartbeat, write_heartbeat
 from worker.outcomes import Outcome
+from worker.positions import StreamPosition
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, StoreRejected, StoreUnavailable
+from worker.store import (
+    JobStore,
+    MongoJobStore,
+    StoreUnavailable,
+    check_configuration,
+    outcomes_of,
+)
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
 
 log = structlog.get_logger(__name__)
@@ -49,7 +59,15 @@ REDIS_OUTAGES = (
     redis.exceptions.MasterDownError,
     redis.exceptions.TryAgainError,
     redis.exceptions.OutOfMemoryError,
+    # Redis Cluster during a failover or resharding (ClusterDownError, SlotNotCoveredError,
+    # MOVED/ASK that did not settle, ...); the client re-reads the topology on the retry.
+    *CLUSTER_OUTAGES,
 )
+
+
+def entry_age_s(entry_id: str) -> float:
+    """Seconds since the entry was added (its ID's milliseconds, by this host's clock)."""
+    return time.time() - StreamPosition.parse(entry_id).milliseconds / 1000
 
 
 class Stopping(Exception):
@@ -100,7 +118,7 @@ class Worker:
         if store is None:
             if database is None:
                 raise ValueError("Worker needs a database or a store")
-            store = MongoJobStore(database)
+            store = MongoJobStore(database, batched=self.settings.batched_writes)
         self.store = store
         self.observers = list(observers)
         self.counts: Counter[str] = Counter()
@@ -117,6 +135,7 @@ class Worker:
         self._last_summary = time.monotonic()
         self._redis_ok = True
         self._store_ok = True
+        self._announced: set[str] = set()  # entries whose retry was logged at info once
 
     # -- public surface -------------------------------------------------------------
 
@@ -167,6 +186,7 @@ class Worker:
     # -- the loop's steps -----------------------------------------------------------
 
     def _ensure_group(self) -> None:
+        check_configuration(self.store)
         if self.stream.ensure_group():
             log.info("consumer group created", stream=self.stream.stream, group=self.stream.group)
         self._group_ready = True
@@ -224,8 +244,10 @@ class Worker:
         """Apply and settle one batch, retrying through outages; effects already taken
         are remembered so a retry neither repeats nor miscounts them."""
         started = time.perf_counter()
-        planned = plan_batch(entries, self.settings.limits)
-        done: dict[str, Outcome] = {}
+        tokens = requeues.tokens_to_check(entry.fields for entry in entries)
+        records = self._call(lambda: requeues.read_records(self.redis, self.stream.stream, tokens))
+        planned = plan_batch(entries, self.settings.limits, records)
+        done: dict[str, tuple[Outcome, str]] = {}
 
         def apply_and_settle() -> tuple[list[tuple[Planned, Outcome]], list[DeadLetter]]:
             results, acknowledged, dead = self._apply(planned, done)
@@ -236,36 +258,69 @@ class Worker:
         self._record(results, dead, time.perf_counter() - started)
 
     def _apply(
-        self, planned: Sequence[Planned], done: dict[str, Outcome]
+        self, planned: Sequence[Planned], done: dict[str, tuple[Outcome, str]]
     ) -> tuple[list[tuple[Planned, Outcome]], list[str], list[DeadLetter]]:
         results: list[tuple[Planned, Outcome]] = []
         acknowledged: list[str] = []
         dead: list[DeadLetter] = []
+        self._decide(planned, done)
         for item in planned:
             entry_id = item.entry.id
-            outcome = done.get(entry_id) or item.outcome
-            error = item.error
-            if outcome is None:
-                assert item.event is not None and item.position is not None
-                try:
-                    outcome = self.store.apply(item.event, item.position)
-                except StoreRejected as rejected:
-                    outcome, error = Outcome.STORE_ERROR, str(rejected)
-                    log.error("MongoDB refused an entry", id=entry_id, error=error)
-                done[entry_id] = outcome
+            outcome, error = done[entry_id]
             results.append((item, outcome))
             if outcome.dead_at_once:
-                dead.append(DeadLetter(item.entry, outcome.value, error, 1))
+                dead.append(DeadLetter(item.entry, outcome.value, error, 1, item.origin_id))
             elif outcome.retryable:
                 deliveries = self.stream.deliveries(entry_id)
-                if deliveries >= self.settings.max_deliveries:
+                if self._gives_up(outcome, deliveries, item.entry.id):
                     reason = f"{outcome.value} after {deliveries} deliveries"
                     if error:
                         reason = f"{reason}: {error}"
-                    dead.append(DeadLetter(item.entry, outcome.value, reason, deliveries))
+                    dead.append(
+                        DeadLetter(item.entry, outcome.value, reason, deliveries, item.origin_id)
+                    )
+
             else:
                 acknowledged.append(entry_id)
         return results, acknowledged, dead
+
+    def _gives_up(self, outcome: Outcome, deliveries: int, entry_id: str) -> bool:
+        """Whether a retryable entry goes to the dead letters now: a refused write after
+        ``max_deliveries``; an unknown job or client (or a uuid the API has not stored
+        yet) only once it is also ``unknown_retry_s`` old, which gives FLorist's start
+        sequence (server, fit_start, clients, set_uuids) time whatever the retry pace."""
+        if deliveries < self.settings.max_deliveries:
+            return False
+        if outcome is Outcome.STORE_ERROR:
+            return True
+        return entry_age_s(entry_id) >= self.settings.unknown_retry_s
+
+    def _decide(self, planned: Sequence[Planned], done: dict[str, tuple[Outcome, str]]) -> None:
+        """Fill ``done`` with every entry's outcome and why: the planner's, or the
+        store's for the events to apply (as one batch when the store can). Only outages
+        and misconfiguration raise; ``done`` keeps what was decided across a retry."""
+        to_apply: list[Planned] = []
+        for item in planned:
+            if item.entry.id in done:
+                continue
+            if item.outcome is not None:
+                done[item.entry.id] = (item.outcome, item.error)
+            else:
+                to_apply.append(item)
+        if not to_apply:
+            return
+        events: list[tuple[Event, StreamPosition]] = [
+            (item.event, item.position)
+            for item in to_apply
+            if item.event is not None and item.position is not None
+        ]
+        outcomes = outcomes_of(self.store, events)
+        for item, (outcome, reason) in zip(to_apply, outcomes, strict=True):
+            if outcome is Outcome.STORE_ERROR:
+                log.error("MongoDB refused an entry", id=item.entry.id, error=reason)
+            elif outcome is Outcome.INTERNAL_ERROR:
+                log.error("handling an entry failed unexpectedly", id=item.entry.id, error=reason)
+            done[item.entry.id] = (outcome, reason)
 
     def _record(
         self,
@@ -284,7 +339,12 @@ class Worker:
                     "entry lost: trimmed from the stream while pending", id=item.entry.id
                 )
             elif outcome.retryable and item.entry.id not in dead_ids:
-                batch_log.info(
+                first_time = item.entry.id not in self._announced
+                if first_time:
+                    if len(self._announced) >= 100_000:
+                        self._announced.clear()  # bounded: at worst a line is repeated
+                    self._announced.add(item.entry.id)
+                (batch_log.info if first_time else batch_log.debug)(
                     "entry kept pending for a retry",
                     id=item.entry.id,
                     outcome=outcome.value,
@@ -296,7 +356,8 @@ class Worker:
                 )
         for letter in dead:
             self.dead_lettered += 1
-            log.warning(
+            level = log.error if letter.reason == Outcome.INTERNAL_ERROR.value else log.warning
+            level(
                 "entry dead-lettered",
                 id=letter.entry.id,
                 reason=letter.reason,
@@ -305,7 +366,12 @@ class Worker:
                 dead_stream=self.stream.dead_stream,
             )
         for observer in self.observers:
-            observer.batch_settled(results, seconds)
+            try:
+                observer.batch_settled(results, seconds)
+            except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
+                log.error(
+                    "batch observer failed", observer=type(observer).__name__, error=str(error)
+                )
 
     # -- outages --------------------------------------------------------------------
 

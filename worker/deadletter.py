@@ -1,22 +1,25 @@
 """The dead-letter stream: look at dead letters, put them back, or throw them away.
 
 A dead letter is the original entry plus bookkeeping (``dead_reason``,
-``dead_error``, ``origin_id``, ``origin_stream``, ``deliveries``, ``dead_at``; see
-:func:`worker.stream.dead_letter_fields`). Requeueing writes the original fields
-back to the END of the events stream, with ``origin_id`` (the ID the event had
-first) kept and the rest of the bookkeeping stripped. The worker's guards compare
-``origin_id``, not the new ID, so a requeued old snapshot cannot overwrite a newer
-one that was applied meanwhile.
+``dead_error``, ``origin_id``, ``origin_stream``, ``deliveries``, ``dead_at``; the
+layout is :mod:`worker.letters`). Requeueing writes the original field map back to
+the END of the events stream exactly as it was received, except for two fields the
+requeue sets: ``origin_id`` (the ID the event had first) and ``requeue_token``, whose
+record in ``<stream>:requeued`` vouches for that ``origin_id`` (see
+:mod:`worker.requeues`). The worker's guards compare ``origin_id``, not the new ID, so
+a requeued old snapshot cannot overwrite a newer one that was applied meanwhile.
 
-Each page of requeued entries is one MULTI/EXEC of XADD (events stream) and XDEL
-(dead-letter stream): an entry is never in both places nor in neither. Two
-operators requeueing the same letter at once can add it twice; the second copy has
-the same ``origin_id`` and ends as a ``duplicate``. Only commands the worker's ACL
-user has are used (XRANGE, XADD, XDEL, MULTI/EXEC): no WATCH, DEL or scripts.
+Each page of requeued entries is one MULTI/EXEC of HSET (the record), XADD (events
+stream) and XDEL (dead-letter stream): an entry is never in both places nor in
+neither, and never without its record. Two operators requeueing the same letter at
+once can add it twice; the second copy has the same ``origin_id`` and ends as a
+``duplicate``. Only commands the worker's ACL user has are used (XRANGE, XADD, XDEL,
+HSET, MULTI/EXEC): no WATCH, DEL or scripts.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,21 +28,16 @@ from typing import Any, Final
 import redis
 import structlog
 
-from worker.positions import StreamPosition
+from worker import requeues
+from worker.cluster import check_client_names
+from worker.letters import original_fields
+from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 PAGE_SIZE: Final = 100
-
-# Added by dead-lettering and stripped on requeue (with every other ``dead_*`` field);
-# ``origin_id`` stays with the event.
-BOOKKEEPING: Final = ("dead_reason", "dead_error", "origin_stream", "deliveries", "dead_at")
-_BOOKKEEPING_KEYS: Final = frozenset(name.encode() for name in BOOKKEEPING)
-
-
-def is_bookkeeping(name: bytes) -> bool:
-    return name in _BOOKKEEPING_KEYS or name.startswith(b"dead_")
+_COUNT: Final = re.compile("[0-9]{1,18}")  # ASCII digits: int() refuses some isdigit() text
 
 
 def _text(value: bytes | str) -> str:
@@ -66,8 +64,16 @@ class DeadLetterEntry:
         return {_text(key): _text(value) for key, value in self.raw.items()}
 
     def original_fields(self) -> dict[bytes, bytes]:
-        """The event as it goes back on the events stream: ``origin_id`` kept."""
-        return {key: value for key, value in self.raw.items() if not is_bookkeeping(key)}
+        """The entry's field map exactly as it was received (see :mod:`worker.letters`)."""
+        return original_fields(self.raw)
+
+    def requeued_fields(self, token: str) -> dict[bytes, bytes]:
+        """The entry as it goes back on the events stream: the original fields, with
+        ``origin_id`` (the first position) and the ``requeue_token`` vouching for it."""
+        fields = self.original_fields()
+        fields[b"origin_id"] = (self.origin_id or self.id).encode()
+        fields[b"requeue_token"] = token.encode()
+        return fields
 
     @property
     def reason(self) -> str | None:
@@ -87,12 +93,19 @@ class DeadLetterEntry:
 
     @property
     def origin_id(self) -> str | None:
-        return self.field("origin_id")
+        """The position the event keeps when requeued (``None`` if missing or malformed)."""
+        text = self.field("origin_id")
+        if text is None:
+            return None
+        try:
+            return canonical_id(text)
+        except InvalidStreamId:
+            return None
 
     @property
     def deliveries(self) -> int | None:
         text = self.field("deliveries")
-        return int(text) if text is not None and text.isdigit() else None
+        return int(text) if text is not None and _COUNT.fullmatch(text) else None
 
     @property
     def dead_at(self) -> datetime | None:
@@ -219,14 +232,18 @@ def requeue_letters(
     """Move ``letters`` to the end of the events stream in one MULTI/EXEC; new IDs."""
     if not letters:
         return []
+    check_client_names(redis_client, settings.stream, settings.dead_stream, settings.redis_cluster)
     pipe = redis_client.pipeline(transaction=True)
+    records_key = requeues.records_key(settings.stream)
     for letter in letters:
-        fields: Any = letter.original_fields()
+        token = requeues.new_token()
+        fields: Any = letter.requeued_fields(token)
+        pipe.hset(records_key, token, fields[b"origin_id"])
         pipe.xadd(settings.stream, fields)
         pipe.xdel(settings.dead_stream, letter.id)
     replies = pipe.execute()
-    new_ids = [_text(reply) for reply in replies[0::2]]
-    for letter, new_id, deleted in zip(letters, new_ids, replies[1::2], strict=True):
+    new_ids = [_text(reply) for reply in replies[1::3]]
+    for letter, new_id, deleted in zip(letters, new_ids, replies[2::3], strict=True):
         if not deleted:
             log.warning(
                 "dead letter was removed by someone else while being requeued; "

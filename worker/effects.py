@@ -1,7 +1,8 @@
 """What one event does to its Job document: pure functions, no I/O.
 
-Each event becomes ONE guarded ``update_one``. The guard makes redelivery and
-reordering harmless:
+Each event becomes ONE guarded ``update_one`` on its job's document (an event that
+names its job by a uuid is resolved to the job's ``_id`` first, by the store). The
+guard makes redelivery and reordering harmless:
 
 * metrics targets (the job's server metrics, each client's metrics) remember the
   position of the last event applied; an event at or before it changes nothing;
@@ -182,7 +183,9 @@ def _after_miss_server(
 def _after_miss_client(
     event: ClientMetricsEvent, key: str, document: dict[str, Any]
 ) -> Outcome | Write:
-    clients = document.get("clients_info") or []
+    clients = document.get("clients_info")
+    if not isinstance(clients, list):
+        clients = []  # not a list of clients: no element can match
     matching = [c for c in clients if isinstance(c, dict) and c.get("uuid") == event.client_uuid]
     if not matching:
         return Outcome.UNKNOWN_CLIENT
@@ -233,11 +236,12 @@ def after_miss(
 
 
 def metrics_target(event: Event) -> tuple[str, ...] | None:
-    """The target whose position guards this event; ``None`` for status events."""
+    """The target whose position guards this event; ``None`` for status events. Events
+    that name their job by a uuid are keyed by it (one FL process, one uuid)."""
     if isinstance(event, ServerMetricsEvent):
-        return ("server", event.job_id)
+        return ("server", *event.identity)
     if isinstance(event, ClientMetricsEvent):
-        return ("client", event.job_id, event.client_uuid)
+        return ("client", *event.identity, event.client_uuid)
     return None
 
 
@@ -245,3 +249,47 @@ def may_be_coalesced(event: Event) -> bool:
     """A snapshot replaces an older one of its target, except a finishing one: its
     position decides which finish came first, so it is always written."""
     return metrics_target(event) is not None and not _is_finishing(event)
+
+
+def apply_to(document: dict[str, Any], write: Write) -> None:
+    """Apply ``write`` to an in-memory (projected) copy of its document, as MongoDB would:
+    how a batch foresees the state each of its events meets (see
+    :meth:`worker.store.MongoJobStore.apply_batch`). Knows the shapes this module builds:
+    top-level ``$set``/``$unset``, and ``clients_info.$[client].<field>`` with the one
+    array filter on ``client.uuid``."""
+    uuid = (write.array_filters or [{}])[0].get("client.uuid")
+    for path, value in write.update.get("$set", {}).items():
+        if path.startswith("clients_info.$[client]."):
+            field = path.removeprefix("clients_info.$[client].")
+            clients = document.get("clients_info")
+            for client in clients if isinstance(clients, list) else []:
+                if isinstance(client, dict) and client.get("uuid") == uuid:
+                    client[field] = value
+        else:
+            document[path] = value
+    for path in write.update.get("$unset", {}):
+        document.pop(path, None)
+
+
+def took_effect(event: Event, position: StreamPosition, document: dict[str, Any] | None) -> bool:
+    """Whether ``document`` (read after a batch's bulk) shows the effect of the write the
+    batch planned for ``event``: its target holds the event's position, or (a status
+    change) the job has moved on from where the write found it. The batch planned the
+    write because that effect was absent when it read the document; only the event
+    itself (or the same event applied by another worker meanwhile) brings it."""
+    if document is None:
+        return False
+    key = position.key
+    if isinstance(event, ClientMetricsEvent):
+        clients = document.get("clients_info")
+        matching = [
+            c
+            for c in (clients if isinstance(clients, list) else [])
+            if isinstance(c, dict) and c.get("uuid") == event.client_uuid
+        ]
+        return bool(matching) and all(c.get(CLIENT_POSITION) == key for c in matching)
+    if isinstance(event, ServerMetricsEvent):
+        return document.get(SERVER_POSITION) == key or document.get(STATUS_POSITION) == key
+    if event.status is JobStatus.IN_PROGRESS:
+        return document.get("status") != JobStatus.NOT_STARTED.value
+    return document.get(STATUS_POSITION) == key

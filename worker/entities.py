@@ -1,8 +1,14 @@
 """FLorist's Job entities: the documents the API stores and the worker updates.
 
 The models mirror FLorist's own ``Job``/``ClientInfo`` so that a document written by either
-side loads on the other. Every write is one ``update_one`` on one job document, checked with
-:func:`assert_updated_successfully`, so a missing job or client is an error, not a no-op.
+side loads on the other, and the methods behave like those of FLorist's
+``florist/api/db/entities.py`` (at the revision this project started from): the same
+parameter names, the same ``AssertionError`` messages (subclasses of it, raised explicitly so
+that ``python -O`` cannot strip them), metrics stored as ``json.dumps`` writes them, and the
+constants ``JOB_COLLECTION_NAME`` and ``MAX_RECORDS_TO_FETCH``. Every write is one
+``update_one`` on one job document, checked with :func:`assert_updated_successfully`, so a
+missing job or client is an error, not a no-op. The README lists where this module
+deliberately differs from FLorist's.
 """
 
 from __future__ import annotations
@@ -11,14 +17,15 @@ import uuid
 from enum import Enum
 from typing import Any, Final
 
+from florist_events.jsontext import dumps_compatible
 from pydantic import BaseModel, ConfigDict, Field
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.results import UpdateResult
 
-from worker.jsontext import dumps_strict
-
-JOB_COLLECTION: Final = "job"
+JOB_COLLECTION_NAME: Final = "job"
+JOB_COLLECTION: Final = JOB_COLLECTION_NAME  # the name the worker's own modules use
+MAX_RECORDS_TO_FETCH: Final = 1000
 
 Document = dict[str, Any]
 
@@ -58,31 +65,34 @@ class ConfigParser(_ListedEnum):
     BASIC = "BASIC"
 
 
-class UpdateNotApplied(AssertionError):
-    """An update that did not change exactly one document as it should have.
+class EntityAssertionError(AssertionError):
+    """A check of this module failed: raised where FLorist's module fails an ``assert``.
 
-    An ``AssertionError`` for FLorist compatibility, but raised explicitly so that
-    ``python -O`` (which strips ``assert`` statements) cannot silence it.
+    An ``AssertionError`` for FLorist compatibility (its routes answer 400 for one), but
+    raised explicitly, so that ``python -O`` (which strips ``assert`` statements) cannot
+    silence it.
     """
+
+
+class UpdateNotApplied(EntityAssertionError):
+    """An update that did not change exactly one document as it should have."""
 
 
 def assert_updated_successfully(update_result: UpdateResult) -> None:
     """Raise :class:`UpdateNotApplied` unless the update matched exactly one document.
 
-    ``nModified`` may be 0: setting a field to the value it already has is not a failure.
+    FLorist's checks and messages, in its order: ``n`` is 1, ``nModified`` is 1 or 0
+    (setting a field to the value it already has is not a failure), ``ok`` is 1.
     """
     raw = update_result.raw_result
-    if raw is None:
-        raise UpdateNotApplied("update was not acknowledged: no raw result to check")
-    n = raw.get("n")
-    n_modified = raw.get("nModified")
-    ok = raw.get("ok")
-    if n == 1 and ok == 1 and n_modified in (0, 1):
-        return
-    raise UpdateNotApplied(
-        "update was not applied to exactly one document: expected n=1, ok=1, nModified=0|1; "
-        f"got n={n!r}, ok={ok!r}, nModified={n_modified!r}"
-    )
+    if not isinstance(raw, dict):
+        raise UpdateNotApplied(f"UpdateResult's raw_result is not a dict ({update_result})")
+    if raw.get("n") != 1:
+        raise UpdateNotApplied(f"UpdateResult's 'n' is not 1 ({update_result})")
+    if raw.get("nModified") not in [1, 0]:
+        raise UpdateNotApplied(f"UpdateResult's 'nModified' is not 1 or 0 ({update_result})")
+    if raw.get("ok") != 1:
+        raise UpdateNotApplied(f"UpdateResult's 'ok' is not 1 ({update_result})")
 
 
 def _new_id() -> str:
@@ -173,26 +183,39 @@ class Job(BaseModel):
 
     async def create(self, database: AsyncDatabase[Document]) -> str:
         """Insert this job as a new document and return its id."""
-        result = await database[JOB_COLLECTION].insert_one(self.to_document())
+        result = await database[JOB_COLLECTION_NAME].insert_one(self.to_document())
         return str(result.inserted_id)
 
     @classmethod
     async def find_by_id(cls, job_id: str, database: AsyncDatabase[Document]) -> Job | None:
         """The job with this id, or None when there is none."""
-        document = await database[JOB_COLLECTION].find_one({"_id": job_id})
+        document = await database[JOB_COLLECTION_NAME].find_one({"_id": job_id})
         return None if document is None else cls.model_validate(document)
 
     @classmethod
     async def find_by_status(
         cls, status: JobStatus, limit: int, database: AsyncDatabase[Document]
     ) -> list[Job]:
-        """Up to ``limit`` jobs in ``status``."""
-        cursor = database[JOB_COLLECTION].find({"status": status.value}).limit(limit)
+        """Up to ``limit`` jobs in ``status``, with the results FLorist's ``to_list(limit)`` gives.
+
+        ``limit`` 0 gives no job, a negative one raises ``ValueError`` and one that is no
+        ``int`` raises ``TypeError``, as in FLorist (Motor's ``to_list``). Neither is passed
+        on to MongoDB, where ``limit(0)`` would mean no limit and a negative one a single
+        batch.
+        """
+        if not isinstance(limit, int):
+            raise TypeError(f"length must be an int, not {limit!r}")
+        if limit < 0:
+            raise ValueError("length must be non-negative")
+        if limit == 0:
+            return []
+        value = JobStatus(status).value
+        cursor = database[JOB_COLLECTION_NAME].find({"status": value}).limit(limit)
         return [cls.model_validate(document) for document in await cursor.to_list()]
 
     async def set_status(self, status: JobStatus, database: AsyncDatabase[Document]) -> None:
         """Store a new status (no transition rules here: the worker's consumer applies them)."""
-        result = await database[JOB_COLLECTION].update_one(
+        result = await database[JOB_COLLECTION_NAME].update_one(
             {"_id": self.id}, {"$set": {"status": status.value}}
         )
         assert_updated_successfully(result)
@@ -203,21 +226,22 @@ class Job(BaseModel):
     ) -> None:
         """Store the uuids the server and each client (in ``clients_info`` order) report under.
 
-        Only the ``uuid`` fields are set, so metrics and bookkeeping in the elements survive;
-        the ``$size`` guard refuses a stored ``clients_info`` of another length.
+        One update sets them all (FLorist makes one per uuid): only the ``uuid`` fields are
+        set, so metrics and bookkeeping in the elements survive, and a ``$size`` guard
+        refuses a stored ``clients_info`` of another length.
         """
-        have = 0 if self.clients_info is None else len(self.clients_info)
-        if self.clients_info is None or have != len(client_uuids):
-            raise ValueError(
-                f"job {self.id!r} has {have} clients_info but {len(client_uuids)} client uuids "
-                "were given; they must match one to one"
+        if self.clients_info is None or len(self.clients_info) != len(client_uuids):
+            have = "None" if self.clients_info is None else len(self.clients_info)
+            raise EntityAssertionError(
+                "self.clients_info and client_uuids must have the same length "
+                f"({have}!={len(client_uuids)})."
             )
         changes: Document = {"server_uuid": server_uuid}
         changes.update(
             {f"clients_info.{index}.uuid": value for index, value in enumerate(client_uuids)}
         )
-        result = await database[JOB_COLLECTION].update_one(
-            {"_id": self.id, "clients_info": {"$size": have}}, {"$set": changes}
+        result = await database[JOB_COLLECTION_NAME].update_one(
+            {"_id": self.id, "clients_info": {"$size": len(client_uuids)}}, {"$set": changes}
         )
         assert_updated_successfully(result)
         self.server_uuid = server_uuid
@@ -225,41 +249,47 @@ class Job(BaseModel):
             client_info.uuid = value
 
     def set_status_sync(self, status: JobStatus, database: Database[Document]) -> None:
-        """:meth:`set_status` for the worker, which runs on synchronous pymongo."""
-        result = database[JOB_COLLECTION].update_one(
+        """:meth:`set_status` for synchronous pymongo (FLorist's listener threads, the worker)."""
+        result = database[JOB_COLLECTION_NAME].update_one(
             {"_id": self.id}, {"$set": {"status": status.value}}
         )
         assert_updated_successfully(result)
         self.status = status
 
-    def set_server_metrics(self, metrics: dict[str, Any], database: Database[Document]) -> None:
-        """Store the server's metrics snapshot as strict JSON text (what the UI parses)."""
-        text = dumps_strict(metrics)
-        result = database[JOB_COLLECTION].update_one(
+    def set_server_metrics(self, server_metrics: Any, database: Database[Document]) -> None:
+        """Store the server's metrics snapshot as ``json.dumps`` text.
+
+        A NaN or an infinity in it is written as the string ``"NaN"``, ``"Infinity"`` or
+        ``"-Infinity"`` (strict JSON, which the web UI can parse); everything else is
+        exactly what ``json.dumps(server_metrics)`` writes.
+        """
+        text = dumps_compatible(server_metrics)
+        result = database[JOB_COLLECTION_NAME].update_one(
             {"_id": self.id}, {"$set": {"server_metrics": text}}
         )
         assert_updated_successfully(result)
         self.server_metrics = text
 
     def set_client_metrics(
-        self, client_uuid: str, metrics: dict[str, Any], database: Database[Document]
+        self, client_uuid: str, client_metrics: Any, database: Database[Document]
     ) -> None:
-        """Store one client's metrics snapshot as strict JSON text.
+        """Store one client's metrics snapshot as ``json.dumps`` text (see set_server_metrics).
 
-        The element is matched by ``uuid`` equality in the filter and set through the
-        positional ``$``, so only an exact uuid matches and the rest of the element stays.
+        The client must be in this job's ``clients_info`` (FLorist's check and message).
+        Every element whose ``uuid`` equals ``client_uuid`` exactly is updated, in the one
+        document, through an array filter: a repeated uuid gets the snapshot everywhere.
         """
-        text = dumps_strict(metrics)
-        result = database[JOB_COLLECTION].update_one(
+        known = None if self.clients_info is None else [info.uuid for info in self.clients_info]
+        if self.clients_info is None or known is None or client_uuid not in known:
+            message = f"client uuid {client_uuid} is not in clients_info ({known})"
+            raise EntityAssertionError(message)
+        text = dumps_compatible(client_metrics)
+        result = database[JOB_COLLECTION_NAME].update_one(
             {"_id": self.id, "clients_info.uuid": client_uuid},
-            {"$set": {"clients_info.$.metrics": text}},
+            {"$set": {"clients_info.$[client].metrics": text}},
+            array_filters=[{"client.uuid": client_uuid}],
         )
-        try:
-            assert_updated_successfully(result)
-        except UpdateNotApplied as error:
-            raise UpdateNotApplied(
-                f"no client with uuid {client_uuid!r} in job {self.id!r}: {error}"
-            ) from error
-        for client_info in self.clients_info or []:
+        assert_updated_successfully(result)
+        for client_info in self.clients_info:
             if client_info.uuid == client_uuid:
                 client_info.metrics = text

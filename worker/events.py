@@ -10,11 +10,19 @@ message a person can act on.
 
 from __future__ import annotations
 
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self
 
+# The wire format's names and limits have one source, shared with the producers.
+from florist_events.wire import CLIENT_METRICS as CLIENT_METRICS
+from florist_events.wire import DEFAULT_MAX_ENTRY_BYTES as DEFAULT_MAX_ENTRY_BYTES
+from florist_events.wire import DEFAULT_MAX_METRICS_DEPTH as DEFAULT_MAX_METRICS_DEPTH
+from florist_events.wire import EVENT_TYPES as EVENT_TYPES
+from florist_events.wire import JOB_STATUS as JOB_STATUS
+from florist_events.wire import SCHEMA_VERSION as SCHEMA_VERSION
+from florist_events.wire import SERVER_METRICS as SERVER_METRICS
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,20 +34,15 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
+from pydantic.config import JsonDict
 
 from worker.entities import JobStatus
-from worker.jsontext import dumps_strict, nesting_depth
+from worker.jsontext import dumps_strict, nesting_depth, parse_metrics_text
 from worker.positions import InvalidStreamId, StreamPosition
 
-SCHEMA_VERSION: Final = 1
-SERVER_METRICS: Final = "server.metrics"
-CLIENT_METRICS: Final = "client.metrics"
-JOB_STATUS: Final = "job.status"
-EVENT_TYPES: Final = (SERVER_METRICS, CLIENT_METRICS, JOB_STATUS)
-
-DEFAULT_MAX_ENTRY_BYTES: Final = 1024 * 1024
-DEFAULT_MAX_METRICS_DEPTH: Final = 32
+METRICS_TYPES: Final = (SERVER_METRICS, CLIENT_METRICS)
 
 FieldMap = Mapping[bytes, bytes] | Mapping[str, str] | Mapping[Any, Any]
 
@@ -64,6 +67,7 @@ class InvalidEntry(ValueError):
 NonEmptyText = Annotated[str, StringConstraints(min_length=1)]
 # On the wire an optional field is absent, never null: say so in the JSON Schema.
 OptionalText = Annotated[str | None, WithJsonSchema({"type": "string"})]
+OptionalName = Annotated[NonEmptyText | None, WithJsonSchema({"type": "string", "minLength": 1})]
 
 MetricsObject = Annotated[
     dict[str, Any],
@@ -80,41 +84,42 @@ MetricsObject = Annotated[
 
 
 def _parse_metrics(value: Any, info: ValidationInfo) -> dict[str, Any]:
-    if isinstance(value, dict):
-        metrics: Any = value
-    elif isinstance(value, str):
-        try:
-            metrics = json.loads(value)
-        except RecursionError:
-            raise ValueError("metrics is nested too deeply to parse") from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"metrics is not valid JSON: {error}") from None
-    else:
-        raise ValueError(f"metrics must be JSON text, got {type(value).__name__}")
-    if not isinstance(metrics, dict):
-        raise ValueError(f"metrics must be a JSON object, got {_json_kind(metrics)}")
+    """Metrics arrive parsed by :func:`parse_entry`; text is parsed here for callers
+    that validate a field map of their own (``to_fields`` round trips, the schema)."""
     limit = (info.context or {}).get("max_metrics_depth", DEFAULT_MAX_METRICS_DEPTH)
-    if isinstance(value, str) and value.count("{") + value.count("[") <= limit:
-        return metrics  # fewer brackets than the limit: it cannot nest deeper (C-speed check)
-    if nesting_depth(metrics, stop_after=limit) > limit:
-        depth = nesting_depth(metrics)  # the rare path: measure it all for the message
-        raise ValueError(f"metrics is nested {depth} levels deep, over the limit of {limit}")
-    return metrics
-
-
-def _json_kind(value: Any) -> str:
-    kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-    return kinds.get(type(value), "a number")
+    if isinstance(value, dict):
+        if (info.context or {}).get("metrics_checked"):
+            return value  # parse_entry parsed and measured it already
+        if nesting_depth(value, stop_after=limit) > limit:
+            raise ValueError(
+                f"metrics is nested {nesting_depth(value)} levels deep, over the limit of {limit}"
+            )
+        return value
+    if isinstance(value, str):
+        metrics, _text = parse_metrics_text(value, limit)
+        return metrics
+    raise ValueError(f"metrics must be JSON text, got {type(value).__name__}")
 
 
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     v: Literal["1"] = Field(description="schema version")
-    job_id: NonEmptyText = Field(description="the Job document's _id")
+    job_id: OptionalName = Field(
+        default=None,
+        description="the Job document's _id; may be left out when a uuid names the job "
+        "(server_uuid, or client_uuid for client.metrics)",
+    )
     sent_at: OptionalText = Field(default=None, description="producer clock, ISO 8601")
     origin_id: OptionalText = Field(
-        default=None, description="set only when a dead letter is requeued: its first entry ID"
+        default=None,
+        description="set only by `florist-worker dlq requeue`: the entry ID the event had "
+        "first; honoured only with a matching requeue_token",
+    )
+    requeue_token: OptionalText = Field(
+        default=None,
+        description="set only by `florist-worker dlq requeue`: names the operator's record "
+        "that vouches for origin_id",
     )
 
     @field_validator("origin_id")
@@ -127,6 +132,19 @@ class _Entry(BaseModel):
                 raise ValueError(f"origin_id: {error}") from None
         return value
 
+    @property
+    def identity(self) -> tuple[str, str]:
+        """How the entry names its job: ``("job_id", id)``, or a uuid to resolve."""
+        if self.job_id is not None:
+            return ("job_id", self.job_id)
+        uuid = getattr(self, "server_uuid", None) or getattr(self, "client_uuid", None)
+        kind = "server_uuid" if getattr(self, "server_uuid", None) else "client_uuid"
+        return (kind, str(uuid))
+
+    def with_job(self, job_id: str) -> Self:
+        """The same event, its job resolved (from a uuid) to ``job_id``."""
+        return self.model_copy(update={"job_id": job_id})
+
     def position(self, entry_id: str | bytes) -> StreamPosition:
         """Where this event stands among its target's events: ``origin_id`` first."""
         return StreamPosition.parse(self.origin_id if self.origin_id is not None else entry_id)
@@ -134,17 +152,17 @@ class _Entry(BaseModel):
 
 class _MetricsEntry(_Entry):
     metrics: MetricsObject
-    _received_text: str | None = PrivateAttr(default=None)
+    _stored_text: str | None = PrivateAttr(default=None)
 
     @property
     def metrics_text(self) -> str:
-        """The metrics as stored: strict JSON text.
+        """The metrics as stored: strict JSON text, valid UTF-8 that BSON can encode.
 
-        The text as received is kept when it is already strict JSON (no ``NaN`` or
-        ``Infinity`` token anywhere), which saves encoding every snapshot again.
+        The text as received is kept when it is strict JSON already, which saves
+        encoding every snapshot again (see :func:`worker.jsontext.parse_metrics_text`).
         """
-        if self._received_text is not None:
-            return self._received_text
+        if self._stored_text is not None:
+            return self._stored_text
         return dumps_strict(self.metrics)
 
     @field_validator("metrics", mode="before")
@@ -153,10 +171,33 @@ class _MetricsEntry(_Entry):
         return _parse_metrics(value, info)
 
 
+_NAMED_BY_JOB_OR_SERVER: Final[JsonDict] = {
+    "anyOf": [{"required": ["job_id"]}, {"required": ["server_uuid"]}]
+}
+
+
+def _needs_job_or_server(event: Any) -> None:
+    if event.job_id is None and event.server_uuid is None:
+        raise ValueError(
+            f"missing field 'job_id' or 'server_uuid' (one is required for {event.type})"
+        )
+
+
 class ServerMetricsEvent(_MetricsEntry):
     """The FL server's whole current metrics snapshot."""
 
+    model_config = ConfigDict(json_schema_extra=_NAMED_BY_JOB_OR_SERVER)
+
     type: Literal["server.metrics"]
+    server_uuid: OptionalName = Field(
+        default=None,
+        description="the FL server's uuid (Job.server_uuid): names the job when job_id is absent",
+    )
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        _needs_job_or_server(self)
+        return self
 
     @property
     def finishes_job(self) -> bool:
@@ -168,13 +209,28 @@ class ClientMetricsEvent(_MetricsEntry):
     """One FL client's whole current metrics snapshot."""
 
     type: Literal["client.metrics"]
-    client_uuid: NonEmptyText = Field(description="ClientInfo.uuid of the reporting FL client")
+    client_uuid: NonEmptyText = Field(
+        description="ClientInfo.uuid of the reporting FL client; names the job too when "
+        "job_id is absent"
+    )
 
 
 class JobStatusEvent(_Entry):
     """A change of the job's status, with an optional reason for an error finish."""
 
+    model_config = ConfigDict(json_schema_extra=_NAMED_BY_JOB_OR_SERVER)
+
     type: Literal["job.status"]
+    server_uuid: OptionalName = Field(
+        default=None,
+        description="the FL server's uuid (Job.server_uuid): names the job when job_id is absent",
+    )
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        _needs_job_or_server(self)
+        return self
+
     status: JobStatus
     error_message: OptionalText = Field(
         default=None, description="why a job finished with an error"
@@ -224,13 +280,17 @@ def _text(raw: Any, what: str) -> str:
     raise InvalidEntry("invalid", f"{what} must be text, got {type(raw).__name__}")
 
 
+_VERSION: Final = re.compile("[0-9]{1,18}")
+
+
 def _check_version(fields: dict[str, Any]) -> None:
     if "v" not in fields:
         raise InvalidEntry("invalid", "missing field 'v' (the schema version, '1')")
     version = fields["v"]
     if version == str(SCHEMA_VERSION):
         return
-    if isinstance(version, str) and version.isdigit() and int(version) > SCHEMA_VERSION:
+    # ASCII digits only: str.isdigit() also accepts digits that int() refuses ("²").
+    if isinstance(version, str) and _VERSION.fullmatch(version) and int(version) > SCHEMA_VERSION:
         raise InvalidEntry(
             "unsupported_version",
             f"schema version {version} is newer than this worker knows ({SCHEMA_VERSION})",
@@ -286,26 +346,36 @@ def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
         )
     _check_version(decoded)
     event_type = _check_type(decoded)
+    stored_text = None
+    text = decoded.get("metrics")
+    if event_type in METRICS_TYPES and isinstance(text, str):
+        try:
+            decoded["metrics"], stored_text = parse_metrics_text(text, limits.max_metrics_depth)
+        except ValueError as error:
+            raise InvalidEntry("invalid", str(error)) from None
     try:
         event = _EVENT_ADAPTER.validate_python(
-            decoded, context={"max_metrics_depth": limits.max_metrics_depth}
+            decoded,
+            context={
+                "max_metrics_depth": limits.max_metrics_depth,
+                "metrics_checked": stored_text is not None,
+            },
         )
     except ValidationError as error:
         raise InvalidEntry("invalid", _describe(error, event_type)) from None
-    text = decoded.get("metrics")
-    if isinstance(event, _MetricsEntry) and isinstance(text, str) and _is_strict(text):
-        event._received_text = text
+    if isinstance(event, _MetricsEntry):
+        event._stored_text = stored_text
     return event
-
-
-def _is_strict(text: str) -> bool:
-    """No bare NaN/Infinity can hide in text that never spells them (json accepts them)."""
-    return "NaN" not in text and "Infinity" not in text
 
 
 def to_fields(event: Event) -> dict[str, str]:
     """The entry's field map as producers write it: metrics as strict JSON text."""
-    fields: dict[str, str] = {"v": event.v, "type": event.type, "job_id": event.job_id}
+    fields: dict[str, str] = {"v": event.v, "type": event.type}
+    if event.job_id is not None:
+        fields["job_id"] = event.job_id
+    server_uuid = getattr(event, "server_uuid", None)
+    if server_uuid is not None:
+        fields["server_uuid"] = server_uuid
     if isinstance(event, ClientMetricsEvent):
         fields["client_uuid"] = event.client_uuid
     if isinstance(event, ServerMetricsEvent | ClientMetricsEvent):
@@ -318,6 +388,8 @@ def to_fields(event: Event) -> dict[str, str]:
         fields["sent_at"] = event.sent_at
     if event.origin_id is not None:
         fields["origin_id"] = event.origin_id
+    if event.requeue_token is not None:
+        fields["requeue_token"] = event.requeue_token
     return fields
 
 

@@ -6,7 +6,12 @@ from enum import StrEnum
 
 
 class Outcome(StrEnum):
-    """Names as logged and counted (see the contract's outcome table)."""
+    """Names as logged and counted (see the contract's outcome table).
+
+    ``internal_error`` is the last resort: handling the entry raised something nobody
+    foresaw. The entry is dead-lettered with the exception in ``dead_error`` rather
+    than allowed to stop the worker (and every worker that claims it after).
+    """
 
     APPLIED = "applied"
     DUPLICATE = "duplicate"
@@ -18,11 +23,12 @@ class Outcome(StrEnum):
     UNKNOWN_CLIENT = "unknown_client"
     STORE_ERROR = "store_error"
     LOST = "lost"
+    INTERNAL_ERROR = "internal_error"
 
     @property
     def dead_at_once(self) -> bool:
         """Entries that can never succeed as they are go to the dead-letter stream now."""
-        return self in (Outcome.INVALID, Outcome.UNSUPPORTED_VERSION)
+        return self in (Outcome.INVALID, Outcome.UNSUPPORTED_VERSION, Outcome.INTERNAL_ERROR)
 
     @property
     def retryable(self) -> bool:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Self
 
-_ID_PATTERN = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+_ID_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII digits, whole text
 _MAX_PART = 2**64 - 1
 
 
@@ -31,7 +31,7 @@ class StreamPosition:
     @classmethod
     def parse(cls, entry_id: str | bytes) -> Self:
         text = entry_id.decode("ascii", "replace") if isinstance(entry_id, bytes) else entry_id
-        match = _ID_PATTERN.match(text)
+        match = _ID_PATTERN.fullmatch(text)
         if match is None:
             raise InvalidStreamId(f"not a stream entry ID (expected <ms>-<seq>): {text!r}")
         milliseconds, sequence = int(match.group(1)), int(match.group(2))

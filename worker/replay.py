@@ -4,8 +4,9 @@ Replay reads the events stream with XRANGE, outside the consumer group: it
 acknowledges nothing, claims nothing and leaves the group's position and pending
 list as they are, so it can run next to live workers. Each entry goes through the
 worker's own code (:func:`worker.batch.plan_entry`, then the store's guarded
-update), one entry at a time and never coalesced, so the guards make a replay
-idempotent: what the document already holds comes back as ``duplicate``.
+updates, a page at a time in one batch: two MongoDB round trips per page), never
+coalesced, so the guards make a replay idempotent: what the document already holds
+comes back as ``duplicate``.
 
 Bad entries are counted under their outcome (``invalid``, ``unsupported_version``)
 and not dead-lettered: the worker already did that when it first saw them.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -31,13 +32,14 @@ import redis
 import structlog
 from pymongo.database import Database
 
+from worker import requeues
 from worker.batch import plan_entry
 from worker.consumer import REDIS_OUTAGES, Backoff
 from worker.events import Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, StoreUnavailable
+from worker.store import JobStore, MongoJobStore, StoreUnavailable, outcome_of, outcomes_of
 from worker.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -45,8 +47,8 @@ log = structlog.get_logger(__name__)
 PAGE_SIZE: Final = 500
 DEFAULT_OUTAGE_TIMEOUT_S: Final = 60.0
 
-_MILLISECONDS = re.compile(r"^\d{1,20}$")
-_STREAM_ID = re.compile(r"^\d+-\d+$")
+_MILLISECONDS = re.compile(r"[0-9]{1,20}")
+_STREAM_ID = re.compile(r"[0-9]+-[0-9]+")
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_PART: Final = 2**64 - 1
 
@@ -87,11 +89,11 @@ def parse_bound(text: str) -> str:
     value = text.strip()
     if value in ("-", "+"):
         return value
-    if _MILLISECONDS.match(value):
+    if _MILLISECONDS.fullmatch(value):
         if int(value) > _MAX_PART:
             raise InvalidBound(f"milliseconds out of range: {text!r}")
         return str(int(value))
-    if _STREAM_ID.match(value):
+    if _STREAM_ID.fullmatch(value):
         try:
             return str(StreamPosition.parse(value))
         except InvalidStreamId as error:
@@ -205,28 +207,58 @@ class _Replay:
     patience: _Patience
     report: ReplayReport = field(default_factory=ReplayReport)
 
-    def entry(self, entry_id: str, fields: dict[Any, Any]) -> None:
-        """Apply one entry exactly as the worker would, minus coalescing and dead letters."""
-        if self.job_id is not None and _job_of(fields) != self.job_id:
-            self.report.skipped += 1
-        else:
-            outcome = self._outcome(Entry(entry_id, fields))
+    def page(self, page: list[tuple[str, dict[Any, Any]]], records: Mapping[str, str]) -> None:
+        """Apply one page exactly as the worker would (in one batch, with the same
+        guards), minus coalescing and dead letters."""
+        planned = []
+        for entry_id, fields in page:
+            if self.job_id is not None and _job_of(fields) != self.job_id:
+                self.report.skipped += 1
+            else:
+                planned.append(plan_entry(Entry(entry_id, fields), self.limits, records))
+        to_apply = [item for item in planned if item.outcome is None]
+        items = [
+            (item.event, item.position)
+            for item in to_apply
+            if item.event is not None and item.position is not None
+        ]
+        decided: dict[str, tuple[Outcome, str]] = {}
+        if hasattr(self.store, "apply_batch"):  # the page in one batch; resumed whole
+            outcomes = self.patience.call(
+                lambda: outcomes_of(self.store, items, dry_run=self.dry_run),
+                page[0][0],
+                self.report,
+            )
+            decided = dict(zip((item.entry.id for item in to_apply), outcomes, strict=True))
+        for item in planned:
+            if item.entry.id in decided:
+                outcome, error = decided[item.entry.id]
+            elif item.outcome is None:  # a store without batches: one by one, resumable
+                assert item.event is not None and item.position is not None
+                outcome, error = self.patience.call(
+                    partial(
+                        outcome_of, self.store, item.event, item.position, dry_run=self.dry_run
+                    ),
+                    item.entry.id,
+                    self.report,
+                )
+            else:
+                outcome, error = item.outcome, item.error
             self.report.counts[outcome.value] += 1
-        self.report.read += 1
-        self.report.last_id = entry_id
-
-    def _outcome(self, entry: Entry) -> Outcome:
-        planned = plan_entry(entry, self.limits)
-        if planned.outcome is not None:
-            return planned.outcome
-        event, position = planned.event, planned.position
-        assert event is not None and position is not None
-        outcome = self.patience.call(
-            lambda: self.store.apply(event, position, dry_run=self.dry_run), entry.id, self.report
-        )
-        if outcome is Outcome.APPLIED:
-            self.report.applied_by_job[event.job_id] += 1
-        return outcome
+            if outcome.dead_at_once or outcome is Outcome.STORE_ERROR:
+                log.warning(
+                    "replay: entry not applied",
+                    id=item.entry.id,
+                    outcome=outcome.value,
+                    error=error,
+                )
+            if outcome is Outcome.APPLIED and item.event is not None:
+                event = item.event
+                self.report.applied_by_job[event.job_id or ":".join(event.identity)] += 1
+            self.report.read += 1
+            self.report.last_id = item.entry.id
+        self.report.read += len(page) - len(planned)  # the skipped ones
+        self.report.last_id = page[-1][0]
 
 
 def run_replay(
@@ -262,8 +294,15 @@ def run_replay(
             start if last is None else id_after(last),
             run.report,
         )
-        for entry_id, fields in raw:
-            run.entry(_text(entry_id), dict(fields))
+        page = [(_text(entry_id), dict(fields)) for entry_id, fields in raw]
+        tokens = requeues.tokens_to_check(fields for _entry_id, fields in page)
+        records = patience.call(
+            partial(requeues.read_records, redis_client, settings.stream, tokens),
+            start if last is None else id_after(last),
+            run.report,
+        )
+        if page:
+            run.page(page, records)
         if progress is not None:
             progress(run.report.read)
         if len(raw) < page_size:
@@ -292,7 +331,7 @@ def replay(
     if store is None:
         if database is None:
             raise ValueError("replay needs a database or a store")
-        store = MongoJobStore(database)
+        store = MongoJobStore(database, batched=settings.batched_writes)
     report = run_replay(
         redis_client,
         store,

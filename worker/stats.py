@@ -92,6 +92,9 @@ class StreamStats:
     oldest_pending_consumer: str | None = None
     oldest_pending_idle_ms: int | None = None
     oldest_pending_deliveries: int | None = None
+    # For an entry waiting for its job or client to be stored: time left before it may be
+    # dead-lettered (FLORIST_UNKNOWN_RETRY_S counted from when it was written).
+    oldest_pending_retry_left_s: float | None = None
     consumers: tuple[ConsumerStats, ...] = ()
     dead_letters: int = 0
     dead_letters_by_reason: dict[str, int] | None = field(default=None)
@@ -124,6 +127,12 @@ def collect_stats(
         values.update(_group_info(redis_client, settings.stream, settings.group))
     if values.get("group_exists"):
         values.update(_pending_info(redis_client, settings.stream, settings.group))
+        oldest = values.get("oldest_pending_id")
+        if oldest is not None:
+            age_s = datetime.now(UTC).timestamp() - id_time(oldest).timestamp()
+            values["oldest_pending_retry_left_s"] = round(
+                max(0.0, settings.unknown_retry_s - age_s), 1
+            )
         values["consumers"] = _consumers(redis_client, settings.stream, settings.group)
     if count_reasons:
         reasons = count_dead_reasons(redis_client, settings.dead_stream)
@@ -266,8 +275,12 @@ def render_stats(stats: StreamStats) -> str:
             oldest = (
                 f", oldest {stats.oldest_pending_id} idle "
                 f"{_duration(stats.oldest_pending_idle_ms)} "
-                f"({stats.oldest_pending_consumer}, {stats.oldest_pending_deliveries} deliveries)"
+                f"({stats.oldest_pending_consumer}, {stats.oldest_pending_deliveries} deliveries"
             )
+            if stats.oldest_pending_retry_left_s is not None:
+                left = _duration(int(stats.oldest_pending_retry_left_s * 1000))
+                oldest += f"; if its job stays unknown, dead-lettered in {left}"
+            oldest += ")"
         lines.append(f"  pending {stats.pending}{oldest}")
         for consumer in stats.consumers:
             lines.append(

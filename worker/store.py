@@ -2,36 +2,63 @@
 
 :class:`MongoJobStore` runs the writes that :mod:`worker.effects` plans: one guarded
 ``update_one`` per event, checked by ``assert_updated_successfully``, and a
-projected read only when that update matched nothing. A connection failure is
-reported as :class:`StoreUnavailable`: the worker then backs off and retries the
-whole batch, acknowledging nothing, so an outage can never lose or dead-letter an
-event. Any other refusal is :class:`StoreRejected`, a failure of that one entry.
+projected read only when that update matched nothing. Failures are classified in
+one place (:mod:`worker.mongo_failures`) and raised as what the consume loop acts on:
+:class:`StoreUnavailable` (an outage: back off, acknowledge nothing),
+:class:`StoreRejected` (MongoDB refused this one write: the entry's ``store_error``),
+:class:`UnencodableEntry` (the entry's ``invalid``) or
+:class:`worker.errors.Misconfigured` (stop with one line).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
+import bson
+import redis
+import structlog
+from bson.errors import InvalidDocument
+from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import ConnectionFailure, OperationFailure, PyMongoError, WriteConcernError
+from pymongo.errors import (
+    BulkWriteError,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+    WriteError,
+)
 
 from worker import effects
 from worker.entities import JOB_COLLECTION, assert_updated_successfully
+from worker.errors import Misconfigured
 from worker.events import Event
+from worker.memorydb import EmulatedBulk, has_native_bulk_write
+from worker.mongo_failures import Failure, classify, describe, misconfiguration_hint
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 
-# Compare-and-set rounds before giving up on an event for this batch. Each round
+log = structlog.get_logger(__name__)
+
+# What pymongo's BSON encoder raises for a value it cannot encode.
+ENCODING_ERRORS: Final = (InvalidDocument, UnicodeEncodeError, OverflowError)
+
+# Compare-and-set rounds before giving up on an event for this delivery. Each round
 # means another writer changed the same document between our write and our read,
 # which a handful of workers cannot do more than a few times in a row.
 MAX_WRITE_ATTEMPTS: Final = 8
 
-# Server error codes that mean "not now" (shutting down, not primary, interrupted,
-# exceeded time limit, lock timeouts), from MongoDB's retryable-writes specification.
-RETRYABLE_CODES: Final = frozenset(
-    {6, 7, 89, 91, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436, 50, 24, 46, 112, 134}
-)
+# uuids resolved to jobs and kept in memory (about 100 bytes each).
+UUID_CACHE_SIZE: Final = 100_000
+
+# A batch this small is cheaper one update at a time (one round trip each when it
+# matches) than read-then-bulk (two).
+BATCHED_FROM: Final = 3
+
+
+# Outages of other services that a store double may raise: never an entry's fault.
+PASS_THROUGH: Final = (redis.ConnectionError, redis.TimeoutError)
 
 
 class StoreUnavailable(Exception):
@@ -40,17 +67,27 @@ class StoreUnavailable(Exception):
 
 class StoreRejected(Exception):
     """MongoDB answered but refused this one write (a document over 16 MiB, a collection
-    validator): the entry is kept pending and dead-lettered after ``max_deliveries``,
-    instead of blocking every entry behind it."""
+    validator), or the document cannot take it: the entry is kept pending and
+    dead-lettered after ``max_deliveries``, instead of blocking every entry behind it."""
 
 
-def is_outage(error: PyMongoError) -> bool:
-    """Connection-type failures and errors MongoDB itself labels retryable."""
-    if isinstance(error, ConnectionFailure | WriteConcernError):
-        return True
-    return error.has_error_label("RetryableWriteError") or (
-        isinstance(error, OperationFailure) and error.code in RETRYABLE_CODES
-    )
+class UnencodableEntry(Exception):
+    """The update built from this entry cannot be encoded as BSON: the entry is invalid."""
+
+
+def raise_classified(error: BaseException) -> None:
+    """Re-raise a pymongo/bson failure as what the consume loop acts on."""
+    failure = classify(error)
+    if failure is None:
+        raise error
+    message = describe(error)
+    if failure is Failure.OUTAGE:
+        raise StoreUnavailable(message) from error
+    if failure is Failure.MISCONFIGURED:
+        raise Misconfigured(f"MongoDB: {message}; {misconfiguration_hint(error)}") from error
+    if failure is Failure.UNENCODABLE:
+        raise UnencodableEntry(f"the update cannot be encoded as BSON: {message}") from error
+    raise StoreRejected(message) from error
 
 
 class JobStore(Protocol):
@@ -65,48 +102,350 @@ class JobStore(Protocol):
         ...
 
 
+def outcome_of(
+    store: JobStore, event: Event, position: StreamPosition, *, dry_run: bool = False
+) -> tuple[Outcome, str]:
+    """One event's outcome, and why when it failed; never raises for the entry's sake.
+
+    Only an outage (:class:`StoreUnavailable`) or :class:`Misconfigured` propagate: a
+    refusal is ``store_error``, an unencodable update ``invalid``, and anything
+    unforeseen ``internal_error`` with the exception named, so that one entry can
+    never stop the worker.
+    """
+    try:
+        return store.apply(event, position, dry_run=dry_run), ""
+    except StoreRejected as error:
+        return Outcome.STORE_ERROR, str(error)
+    except UnencodableEntry as error:
+        return Outcome.INVALID, str(error)
+    except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
+        raise
+    except Exception as error:  # noqa: BLE001 (last resort: the entry, not the worker, fails)
+        return Outcome.INTERNAL_ERROR, f"{type(error).__name__}: {error}"
+
+
+def outcomes_of(
+    store: JobStore, items: Sequence[tuple[Event, StreamPosition]], *, dry_run: bool = False
+) -> list[tuple[Outcome, str]]:
+    """Every event's outcome, in order: in one batch when the store can
+    (``apply_batch``), else one by one. Like :func:`outcome_of`, only an outage or
+    :class:`Misconfigured` raises; a batch that fails otherwise is decided entry by
+    entry, so that each entry gets its own last-resort guard."""
+    apply_batch = getattr(store, "apply_batch", None)
+    if apply_batch is not None and items:
+        try:
+            return list(apply_batch(items, dry_run=dry_run))
+        except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
+            raise
+        except Exception as failure:  # noqa: BLE001 (then each entry gets its own guard)
+            log.error("batched apply failed: applying entry by entry", error=str(failure))
+    return [outcome_of(store, event, position, dry_run=dry_run) for event, position in items]
+
+
+def check_configuration(store: JobStore) -> None:
+    """Refuse a configuration the worker cannot work with (stores that can tell)."""
+    check = getattr(store, "check_configuration", None)
+    if check is not None:
+        check()
+
+
 class MongoJobStore:
     """Job documents in a pymongo ``Database`` (or mongomock-ng's in-memory one)."""
 
-    def __init__(self, database: Database[Any]) -> None:
+    def __init__(self, database: Database[Any], *, batched: bool = True) -> None:
         self.database = database
         self.collection: Collection[Any] = database[JOB_COLLECTION]
+        self.batched = batched
+        # MongoDB round trips made to apply events (reads, updates, bulks): the figure a
+        # modelled network multiplies. Pings and start-up checks are not counted.
+        self.round_trips = 0
+        self._bulk: Any = (
+            self.collection
+            if has_native_bulk_write(self.collection)
+            else EmulatedBulk(self.collection)
+        )
+        self._batches = 0
+        # uuid -> job _id. A uuid never moves to another job, so what was found once is
+        # kept (bounded: the oldest half is dropped when full); a miss is never cached.
+        self._jobs_by_uuid: dict[tuple[str, str], str] = {}
+
+    def resolve(self, event: Event) -> str | None:
+        """The ``_id`` of the event's job: its ``job_id``, or the job whose server (or
+        client) has the event's uuid; ``None`` while no job has it (yet)."""
+        kind, name = event.identity
+        if kind == "job_id":
+            return name
+        cached = self._jobs_by_uuid.get((kind, name))
+        if cached is not None:
+            return cached
+        query = {"server_uuid": name} if kind == "server_uuid" else {"clients_info.uuid": name}
+        self.round_trips += 1
+        document = self.collection.find_one(query, {"_id": 1})
+        if document is None:
+            return None
+        return self._remember(kind, name, str(document["_id"]))
+
+    def _remember(self, kind: str, name: str, job_id: str) -> str:
+        if len(self._jobs_by_uuid) >= UUID_CACHE_SIZE:
+            for key in list(self._jobs_by_uuid)[: UUID_CACHE_SIZE // 2]:
+                del self._jobs_by_uuid[key]
+        self._jobs_by_uuid[(kind, name)] = job_id
+        return job_id
+
+    def ensure_indexes(self) -> None:
+        """The uuid lookups are indexed (a no-op when the indexes exist)."""
+        try:
+            self.collection.create_index("server_uuid", name="florist_server_uuid")
+            self.collection.create_index("clients_info.uuid", name="florist_client_uuids")
+        except OperationFailure as error:
+            if error.code in (13, 11000) or classify(error) is not Failure.OUTAGE:
+                log.warning("cannot create the uuid indexes", error=describe(error))
+                return
+            raise_classified(error)
+        except PyMongoError as error:
+            raise_classified(error)
+
+    def check_configuration(self) -> None:
+        """Raise :class:`Misconfigured` for unacknowledged writes or a collection whose
+        default collation would compare the stored positions other than byte by byte;
+        create the uuid indexes."""
+        if not self.collection.write_concern.acknowledged:
+            raise Misconfigured(
+                "MongoDB: FLORIST_MONGODB_URI asks for unacknowledged writes (w=0); the "
+                "worker must know that each update matched: remove w=0"
+            )
+        try:
+            options = self.collection.options()
+        except OperationFailure as error:
+            if classify(error) is Failure.OUTAGE and error.code not in (13,):
+                raise_classified(error)
+            log.warning("cannot read the job collection's options", error=describe(error))
+            return
+        except PyMongoError as error:
+            raise_classified(error)
+            return
+        collation = options.get("collation")
+        if isinstance(collation, Mapping) and collation.get("locale") not in (None, "simple"):
+            raise Misconfigured(
+                f"MongoDB: collection {JOB_COLLECTION!r} has the default collation "
+                f"{dict(collation)!r}; the worker compares stored positions byte by byte: "
+                "use a collection with the simple (binary) collation"
+            )
+        self.ensure_indexes()
+        if options.get("validator"):
+            log.warning(
+                "the job collection has a validator: writes it refuses end as store_error "
+                "and are dead-lettered after FLORIST_MAX_DELIVERIES",
+                validation_action=options.get("validationAction", "error"),
+            )
 
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         try:
             return self._apply(event, position, dry_run)
-        except PyMongoError as error:
-            if is_outage(error):
-                raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
-            raise StoreRejected(f"{type(error).__name__}: {error}") from error
+        except (PyMongoError, *ENCODING_ERRORS) as error:
+            raise_classified(error)
+            raise  # unreachable: raise_classified always raises
 
     def _apply(self, event: Event, position: StreamPosition, dry_run: bool) -> Outcome:
+        if event.job_id is None:
+            job_id = self.resolve(event)
+            if job_id is None:
+                return Outcome.UNKNOWN_JOB  # the API has not stored this uuid yet
+            event = event.with_job(job_id)
         write = None if dry_run else effects.first_write(event, position)
+        seen: dict[str, Any] | bool | None = False  # the document the last write was built on
         for _ in range(MAX_WRITE_ATTEMPTS):
             if write is not None:
+                self.round_trips += 1
                 result = self.collection.update_one(
                     write.filter, write.update, array_filters=write.array_filters
                 )
                 if result.matched_count:
                     assert_updated_successfully(result)
                     return write.outcome
+            self.round_trips += 1
             document = self.collection.find_one({"_id": event.job_id}, effects.CLASSIFY_PROJECTION)
             decision = effects.after_miss(event, position, document)
             if isinstance(decision, Outcome):
                 return decision
             if dry_run:
                 return decision.outcome
-            write = decision
-        raise StoreUnavailable(
+            if decision == write and document == seen:
+                # The same guard against the same document cannot match this time either:
+                # the stored fields are not what the worker writes (a position of another
+                # type, a non-binary collation). Retrying would loop forever.
+                raise StoreRejected(
+                    f"job {event.job_id!r} does not match the guard built from its own "
+                    f"fields (stored positions of an unexpected type?); event {position} "
+                    "cannot be applied to it"
+                )
+            write, seen = decision, document
+        raise StoreRejected(
             f"job {event.job_id!r} kept changing under {MAX_WRITE_ATTEMPTS} attempts to apply "
-            f"event {position}; retrying later"
+            f"event {position}"
         )
+
+    # -- a batch in two round trips ------------------------------------------------------
+
+    def apply_batch(
+        self, items: Sequence[tuple[Event, StreamPosition]], *, dry_run: bool = False
+    ) -> list[tuple[Outcome, str]]:
+        """Each event's outcome (and why, for a failure), in order, as :func:`outcome_of`
+        would give them one by one, in two MongoDB round trips for the whole batch.
+
+        1. One projected read of every job the batch names (by ``_id`` or by uuid).
+        2. The batch is played in memory against those documents, in stream order, with
+           the same classification as after a miss (:func:`worker.effects.after_miss`):
+           each event's outcome is decided, and each event that changes its document
+           becomes a write pinned to the state it was decided on.
+        3. One ordered ``bulk_write`` of those writes. When every write matched (no
+           other writer touched those jobs in between), every outcome stands.
+
+        Otherwise one more read shows which writes took effect; the other entries go
+        through the one-by-one path (:meth:`_settle_misses`). An entry whose
+        write MongoDB refuses is its own ``store_error``; outages and misconfiguration
+        raise for the whole batch, as in :meth:`apply`.
+        """
+        if not self.batched or len(items) < BATCHED_FROM:
+            return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
+        try:
+            return self._apply_batch(items, dry_run)
+        except (PyMongoError, *ENCODING_ERRORS) as error:
+            if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
+                raise_classified(error)
+            log.warning(
+                "batched write refused: applying the batch entry by entry", error=describe(error)
+            )
+            return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
+
+    def _read_jobs(self, events: Sequence[Event]) -> dict[str, dict[str, Any]]:
+        """One projected read of every job the events name (uuids resolved with it)."""
+        ids: set[str] = set()
+        servers: set[str] = set()
+        clients: set[str] = set()
+        for event in events:
+            kind, name = event.identity
+            cached = self._jobs_by_uuid.get((kind, name))
+            if kind == "job_id" or cached is not None:
+                ids.add(cached or name)
+            elif kind == "server_uuid":
+                servers.add(name)
+            else:
+                clients.add(name)
+        either: list[dict[str, Any]] = [{"_id": {"$in": sorted(ids)}}] if ids else []
+        if servers:
+            either.append({"server_uuid": {"$in": sorted(servers)}})
+        if clients:
+            either.append({"clients_info.uuid": {"$in": sorted(clients)}})
+        projection = {**effects.CLASSIFY_PROJECTION, "server_uuid": 1}
+        self.round_trips += 1
+        documents: dict[str, dict[str, Any]] = {}
+        for document in self.collection.find({"$or": either}, projection):
+            job_id = str(document["_id"])
+            documents[job_id] = document
+            if document.get("server_uuid") in servers:
+                self._remember("server_uuid", document["server_uuid"], job_id)
+            members = document.get("clients_info")
+            for member in members if isinstance(members, list) else []:
+                if isinstance(member, dict) and member.get("uuid") in clients:
+                    self._remember("client_uuid", member["uuid"], job_id)
+        return documents
+
+    def _apply_batch(
+        self, items: Sequence[tuple[Event, StreamPosition]], dry_run: bool
+    ) -> list[tuple[Outcome, str]]:
+        documents = self._read_jobs([event for event, _position in items])
+        results: list[tuple[Outcome, str]] = []
+        planned: list[tuple[int, Event, StreamPosition, effects.Write]] = []
+        for index, (event, position) in enumerate(items):
+            kind, name = event.identity
+            job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
+            if job_id is None:
+                results.append((Outcome.UNKNOWN_JOB, ""))
+                continue
+            resolved = event if event.job_id is not None else event.with_job(job_id)
+            document = documents.get(job_id)
+            decision = effects.after_miss(resolved, position, document)
+            if isinstance(decision, Outcome):
+                results.append((decision, ""))
+                continue
+            try:
+                bson.encode(decision.filter)
+                bson.encode(decision.update)
+            except ENCODING_ERRORS as error:
+                results.append((Outcome.INVALID, f"the update cannot be encoded as BSON: {error}"))
+                continue
+            assert document is not None  # after_miss decides UNKNOWN_JOB for a missing job
+            effects.apply_to(document, decision)
+            results.append((decision.outcome, ""))
+            planned.append((index, resolved, position, decision))
+        if planned and not dry_run:
+            self._write_batch(planned, results)
+        return results
+
+    def _write_batch(
+        self,
+        planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
+        results: list[tuple[Outcome, str]],
+    ) -> None:
+        requests = [
+            UpdateOne(
+                write.filter,
+                write.update,
+                array_filters=list(write.array_filters or []) or None,
+            )
+            for _index, _event, _position, write in planned
+        ]
+        refused: dict[int, str] = {}
+        self.round_trips += 1
+        try:
+            result = self._bulk.bulk_write(requests, ordered=True)
+            if int(result.matched_count) == len(requests):
+                return  # every write matched: every outcome stands
+        except BulkWriteError as error:
+            for failure in error.details.get("writeConcernErrors") or []:
+                raise_classified(
+                    WriteConcernError(failure.get("errmsg", ""), failure.get("code"), failure)
+                )
+            for failure in error.details.get("writeErrors") or []:
+                problem = WriteError(failure.get("errmsg", ""), failure.get("code"), failure)
+                if classify(problem) is not Failure.REFUSAL:
+                    raise_classified(problem)
+                refused[int(failure["index"])] = describe(problem)
+        self._settle_misses(planned, refused, results)
+
+    def _settle_misses(
+        self,
+        planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
+        refused: dict[int, str],
+        results: list[tuple[Outcome, str]],
+    ) -> None:
+        """Not every write matched: another writer changed a job between the read and the
+        bulk, the stored fields are not what the batch foresaw, or MongoDB refused a write
+        (an ordered bulk stops there). One more read shows which writes took effect;
+        the other entries are applied one by one, in stream order."""
+        first_refused = min(refused, default=len(planned))
+        jobs = sorted({str(event.job_id) for _index, event, _position, _write in planned})
+        self.round_trips += 1
+        found = {
+            str(document["_id"]): document
+            for document in self.collection.find(
+                {"_id": {"$in": jobs}}, effects.CLASSIFY_PROJECTION
+            )
+        }
+        for number, (index, event, position, _write) in enumerate(planned):
+            if number in refused:
+                results[index] = (Outcome.STORE_ERROR, refused[number])
+            elif number > first_refused or not effects.took_effect(
+                event, position, found.get(str(event.job_id))
+            ):
+                results[index] = outcome_of(self, event, position)
 
     def ping(self) -> None:
         try:
             self.database.command("ping")
         except PyMongoError as error:
-            raise StoreUnavailable(f"{type(error).__name__}: {error}") from error
+            raise StoreUnavailable(describe(error)) from error
 
 
 class NullStore:

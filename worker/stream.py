@@ -7,15 +7,18 @@ here, so that the consume loop in :mod:`worker.consumer` reads as plain policy.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
 import structlog
 
-from worker.positions import InvalidStreamId, StreamPosition
+from worker.cluster import CLUSTER_OUTAGES, NotACluster, check_names, is_cluster
+from worker.errors import Misconfigured
+from worker.letters import dead_letter_fields
+from worker.requeues import records_key
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -33,16 +36,19 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """An entry on its way to the dead-letter stream, with why and how often it was tried."""
+    """An entry on its way to the dead-letter stream, with why and how often it was
+    tried, and the position it keeps (its own ID, or a vouched-for ``origin_id``)."""
 
     entry: Entry
     reason: str
     error: str
     deliveries: int
+    origin_id: str = ""
 
 
-class DeadStreamMisconfigured(Exception):
-    """The dead-letter stream's key is taken by another type: a configuration error."""
+class DeadStreamMisconfigured(Misconfigured):
+    """The dead-letter stream's key (or the requeue records' key) is taken by another
+    type: a configuration error."""
 
 
 def _text(value: bytes | str) -> str:
@@ -58,34 +64,16 @@ def is_nogroup(error: redis.ResponseError) -> bool:
     return str(error).startswith("NOGROUP")
 
 
-def _valid_origin(value: bytes | None) -> str | None:
-    """A requeued entry keeps its first ID; a malformed one is replaced by this entry's."""
-    if value is None:
-        return None
-    try:
-        return str(StreamPosition.parse(value))
-    except InvalidStreamId:
-        return None
-
-
-def dead_letter_fields(letter: DeadLetter, stream: str) -> dict[Any, Any]:
-    """Every original field, plus why, from where, after how many deliveries, and when."""
-    original = letter.entry.fields or {}
-    origin = _valid_origin(original.get(b"origin_id")) or letter.entry.id
-    fields: dict[Any, Any] = dict(original)
-    if b"origin_id" in original and origin == letter.entry.id:
-        fields[b"dead_bad_origin_id"] = original[b"origin_id"]  # keep what was sent
-    fields.update(
-        {
-            "dead_reason": letter.reason,
-            "dead_error": letter.error,
-            "origin_id": origin,
-            "origin_stream": stream,
-            "deliveries": str(letter.deliveries),
-            "dead_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
+def dead_letter_entry(letter: DeadLetter, stream: str) -> dict[bytes, bytes]:
+    """The dead-letter stream entry for ``letter`` (layout: :mod:`worker.letters`)."""
+    return dead_letter_fields(
+        letter.entry.fields or {},
+        reason=letter.reason,
+        error=letter.error,
+        origin_id=letter.origin_id or letter.entry.id,
+        origin_stream=stream,
+        deliveries=letter.deliveries,
     )
-    return fields
 
 
 class GroupStream:
@@ -99,6 +87,24 @@ class GroupStream:
         self.dead_stream = settings.dead_stream
         self._own_cursor = "0"
         self._claim_cursor = "0-0"
+        # Redis Cluster: every key of a transaction in one slot (refused here, at start),
+        # and after an outage (a failover) this consumer's pending entries are read again:
+        # acknowledgements the promoted replica never received leave them pending here.
+        self.cluster = is_cluster(client, settings.redis_cluster)
+        if self.cluster:
+            check_names(self.stream, self.dead_stream)
+        self._reread_own = False
+        self._reread_cursor = "0"
+
+    @contextmanager
+    def _watch_outage(self) -> Iterator[None]:
+        """In cluster mode, remember that Redis failed, so pending entries are re-read."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, *CLUSTER_OUTAGES):
+            if self.cluster and not self._reread_own:
+                self._reread_own, self._reread_cursor = True, "0"
+            raise
 
     def check_dead_stream(self) -> None:
         """Refuse to start when the dead-letter key holds something else than a stream:
@@ -110,12 +116,27 @@ class GroupStream:
                 f"the dead-letter key {self.dead_stream!r} holds a {kind}, not a stream: "
                 "set FLORIST_DEAD_STREAM to a free key"
             )
+        records: Any = self.client.type(records_key(self.stream))
+        records = _text(records)
+        if records not in ("none", "hash"):
+            raise DeadStreamMisconfigured(
+                f"the requeue records' key {records_key(self.stream)!r} holds a {records}, "
+                "not a hash: delete it or set FLORIST_STREAM to another name"
+            )
 
     def ensure_group(self) -> bool:
         """Create the group at ID 0 (missing nothing written before); True if created."""
-        self.check_dead_stream()
         try:
+            self.check_dead_stream()
             self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except (redis.exceptions.MovedError, redis.exceptions.AskError) as error:
+            if self.cluster:
+                raise
+            raise NotACluster(
+                f"Redis answered {type(error).__name__} ({error}): it is a Redis Cluster; "
+                "set FLORIST_REDIS_CLUSTER=true (and give FLORIST_STREAM a hash tag, e.g. "
+                "{florist}:events)"
+            ) from None
         except redis.ResponseError as error:
             if "BUSYGROUP" in str(error):
                 return False
@@ -123,17 +144,41 @@ class GroupStream:
         return True
 
     def _read(self, last_id: str, count: int, block_ms: int | None) -> list[Entry]:
-        response: Any = self.client.xreadgroup(
-            self.group, self.consumer, {self.stream: last_id}, count=count, block=block_ms
-        )
+        with self._watch_outage():
+            response: Any = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: last_id}, count=count, block=block_ms
+            )
         if not response:
             return []
         (_stream, raw), *_ = response
         return _entries(raw)
 
     def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
-        """Entries never delivered to anyone (ID ``>``), waiting up to ``block_ms``."""
+        """Entries never delivered to anyone (ID ``>``), waiting up to ``block_ms``.
+
+        In cluster mode, after an outage, this consumer's pending entries come first.
+        """
+        if self._reread_own:
+            entries = self._reread_own_pending(count)
+            if entries:
+                return entries
         return self._read(">", count, block_ms)
+
+    def _reread_own_pending(self, count: int) -> list[Entry]:
+        """A page of this consumer's pending entries after a cluster outage (a failover may
+        have lost acknowledgements); empty, and done, once all were seen."""
+        if self._reread_cursor == "0":
+            log.warning(
+                "re-reading this consumer's pending entries after a Redis Cluster outage",
+                stream=self.stream,
+                consumer=self.consumer,
+            )
+        entries = self._read(self._reread_cursor, count, None)
+        if entries:
+            self._reread_cursor = entries[-1].id
+            return entries
+        self._reread_own, self._reread_cursor = False, "0"
+        return []
 
     def read_own_pending(self, count: int) -> list[Entry]:
         """This consumer's pending entries, a page at a time; empty once all are seen.
@@ -148,14 +193,15 @@ class GroupStream:
     def claim_abandoned(self, min_idle_ms: int, count: int) -> tuple[list[Entry], list[str]]:
         """XAUTOCLAIM entries idle longer than ``min_idle_ms`` (their consumer died),
         following the cursor across calls; also returns IDs trimmed while pending."""
-        reply: Any = self.client.xautoclaim(
-            self.stream,
-            self.group,
-            self.consumer,
-            min_idle_time=min_idle_ms,
-            start_id=self._claim_cursor,
-            count=count,
-        )
+        with self._watch_outage():
+            reply: Any = self.client.xautoclaim(
+                self.stream,
+                self.group,
+                self.consumer,
+                min_idle_time=min_idle_ms,
+                start_id=self._claim_cursor,
+                count=count,
+            )
         next_cursor, raw, *rest = reply
         self._claim_cursor = _text(next_cursor)
         deleted = [_text(entry_id) for entry_id in rest[0]] if rest else []
@@ -169,31 +215,33 @@ class GroupStream:
     def claim_own_retries(self, min_idle_ms: int, count: int) -> list[Entry]:
         """Take back this consumer's own entries left pending for a retry, once they
         have waited ``min_idle_ms`` (XCLAIM counts the new delivery)."""
-        pending: Any = self.client.xpending_range(
-            self.stream,
-            self.group,
-            min="-",
-            max="+",
-            count=count,
-            consumername=self.consumer,
-            idle=min_idle_ms,
-        )
-        if not pending:
-            return []
-        ids = [_text(row["message_id"]) for row in pending]
-        claim_ids: list[Any] = list(ids)
-        reply: Any = self.client.xclaim(
-            self.stream, self.group, self.consumer, min_idle_ms, claim_ids
-        )
+        with self._watch_outage():
+            pending: Any = self.client.xpending_range(
+                self.stream,
+                self.group,
+                min="-",
+                max="+",
+                count=count,
+                consumername=self.consumer,
+                idle=min_idle_ms,
+            )
+            if not pending:
+                return []
+            ids = [_text(row["message_id"]) for row in pending]
+            claim_ids: list[Any] = list(ids)
+            reply: Any = self.client.xclaim(
+                self.stream, self.group, self.consumer, min_idle_ms, claim_ids
+            )
         # An ID missing from the reply was trimmed (Redis drops it from the pending list
         # itself) or was just claimed by another consumer: either way it is not ours.
         return _entries(reply)
 
     def deliveries(self, entry_id: str) -> int:
         """How many times the group has delivered this entry (1 if it is not pending)."""
-        rows: Any = self.client.xpending_range(
-            self.stream, self.group, min=entry_id, max=entry_id, count=1
-        )
+        with self._watch_outage():
+            rows: Any = self.client.xpending_range(
+                self.stream, self.group, min=entry_id, max=entry_id, count=1
+            )
         return int(rows[0]["times_delivered"]) if rows else 1
 
     def settle(self, acknowledged: Sequence[str], dead: Sequence[DeadLetter]) -> None:
@@ -203,10 +251,11 @@ class GroupStream:
             return
         pipe = self.client.pipeline(transaction=True)
         for letter in dead:
-            pipe.xadd(self.dead_stream, dead_letter_fields(letter, self.stream))
+            pipe.xadd(self.dead_stream, dead_letter_entry(letter, self.stream))  # type: ignore[arg-type]
         ids = list(dict.fromkeys([*acknowledged, *(letter.entry.id for letter in dead)]))
         pipe.xack(self.stream, self.group, *ids)
-        pipe.execute()
+        with self._watch_outage():
+            pipe.execute()
 
     def pending_count(self) -> int:
         summary: Any = self.client.xpending(self.stream, self.group)

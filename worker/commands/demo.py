@@ -6,11 +6,13 @@
     florist-worker demo --fast                # no pauses between events
     florist-worker demo --fake-redis          # never look for a Redis server
     florist-worker demo --redis-url redis://host:6379/0 --mongodb-uri mongodb://host:27017
+    florist-worker demo --redis-url redis://node:6379 --redis-cluster   # a Redis Cluster
 
-Only the flags choose the services: ``FLORIST_REDIS_URL`` and ``FLORIST_MONGODB_URI`` are
-ignored, so a demo never writes to configured services unless asked. Exit codes: 0 when
-the job ends FINISHED_SUCCESSFULLY with no dead letters, 1 when it does not or a service
-cannot be reached, 2 for bad flags.
+Only the flags choose the services: ``FLORIST_REDIS_URL``, ``FLORIST_REDIS_CLUSTER`` and
+``FLORIST_MONGODB_URI`` are ignored, so a demo never writes to configured services unless
+asked. Exit codes: 0 when the job ends FINISHED_SUCCESSFULLY with no dead letters, 1 when
+it does not or a service cannot be reached, 2 for bad flags or settings, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -26,18 +28,24 @@ from pymongo.errors import PyMongoError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from worker.cluster import tagged
+from worker.commands.options import (
+    EXIT_OK,
+    Failure,
+    UsageError,
+    command,
+    describe_validation_error,
+    metavar,
+)
 from worker.connections import MEMORY_URI, connect_database, connect_redis
 from worker.demo import DEFAULT_PACE_S, DemoNames, demo_settings, run_demo
 from worker.logs import configure_logging
 from worker.settings import Settings, redact_url
 
-PROG: Final = "florist-worker demo"
 LOCAL_REDIS_URL: Final = "redis://localhost:6379/0"
 PROBE_TIMEOUT_S: Final = 0.5
 EXPLICIT_TIMEOUT_S: Final = 2.0
-EXIT_OK: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_INTERRUPTED: Final = 130
+DEMO_FLAGS: Final = ("redis_url", "mongodb_uri", "mongodb_db")
 
 
 class SetupError(Exception):
@@ -52,11 +60,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "clients would (through StreamMetricsReporter), apply it with a Worker, and print "
         "progress and the final document. Uses a stream, group and dead-letter stream of its "
         "own and deletes them at the end. Exits 1 unless the job ends FINISHED_SUCCESSFULLY "
-        "with no dead letters.",
+        "with no dead letters (or when a service cannot be reached), 2 for bad flags.",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--redis-url",
+        metavar=metavar("redis_url"),
         help=f"use this Redis (it must answer); default: {LOCAL_REDIS_URL} when it answers "
         f"within {PROBE_TIMEOUT_S} s, else the in-process fakeredis",
     )
@@ -66,11 +75,22 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="use the in-process fakeredis without looking for a Redis server",
     )
     parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="the --redis-url is a node of a Redis Cluster (the demo's keys share a hash tag)",
+    )
+    parser.add_argument(
         "--mongodb-uri",
         default=MEMORY_URI,
+        metavar=metavar("mongodb_uri"),
         help=f"MongoDB to write the demo job to (default: {MEMORY_URI}, in-memory)",
     )
-    parser.add_argument("--mongodb-db", default="florist-server", help="database name")
+    parser.add_argument(
+        "--mongodb-db",
+        default="florist-server",
+        metavar=metavar("mongodb_db"),
+        help="database name (default: florist-server)",
+    )
     parser.add_argument(
         "--keep-job",
         action="store_true",
@@ -88,26 +108,32 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=handle)
 
 
+@command("demo")
 def handle(arguments: argparse.Namespace) -> int:
     configure_logging("warning", "auto")
     pace_s = 0.0 if arguments.fast else arguments.pace
     if pace_s < 0:
-        return _fail(f"--pace must be 0 or more, got {pace_s}", 2)
-    names = DemoNames.fresh()
+        raise UsageError(f"--pace must be 0 or more, got {pace_s}")
+    if arguments.redis_cluster and not arguments.redis_url:
+        raise UsageError("--redis-cluster needs --redis-url (a node of the cluster)")
+    names = cluster_names(DemoNames.fresh()) if arguments.redis_cluster else DemoNames.fresh()
     try:
         settings = demo_settings(
             names,
             redis_url=arguments.redis_url or LOCAL_REDIS_URL,
+            redis_cluster=arguments.redis_cluster,
             mongodb_uri=arguments.mongodb_uri,
             mongodb_db=arguments.mongodb_db,
         )
     except ValidationError as error:
-        return _fail(f"invalid settings: {error.errors(include_url=False)[0]['msg']}", 2)
+        raise UsageError(
+            f"invalid settings: {describe_validation_error(error, flags_only=DEMO_FLAGS)}"
+        ) from None
     try:
         redis_client, redis_text = open_redis(arguments.redis_url, arguments.fake_redis, settings)
         database, database_text = open_database(settings)
     except SetupError as error:
-        return _fail(str(error), EXIT_FAILED)
+        raise Failure(str(error)) from None
     print(f"Redis:   {redis_text}", flush=True)
     print(f"MongoDB: {database_text}", flush=True)
     memory = settings.mongodb_uri.startswith(MEMORY_URI)
@@ -121,16 +147,24 @@ def handle(arguments: argparse.Namespace) -> int:
             remove_job=not memory and not arguments.keep_job,
             out=sys.stdout,
         )
-    except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
     except (redis.RedisError, PyMongoError) as error:
-        return _fail(f"a service failed during the demo: {type(error).__name__}: {error}", 1)
+        raise Failure(
+            f"a service failed during the demo: {type(error).__name__}: {error}"
+        ) from None
     finally:
         redis_client.close()
     if result.problems:
-        return _fail("demo FAILED: " + "; ".join(result.problems), EXIT_FAILED)
+        raise Failure("demo FAILED: " + "; ".join(result.problems))
     print("demo OK: the job finished successfully and no entry was dead-lettered", flush=True)
     return EXIT_OK
+
+
+def cluster_names(names: DemoNames) -> DemoNames:
+    """The demo's names with one hash tag (``{florist:demo:<random>}:events``, ...), so its
+    stream, dead-letter stream and requeue records share a slot of the cluster."""
+    prefix = names.stream.removesuffix(":events")
+    tag = tagged(prefix.replace(":", "-"))  # the whole prefix: one slot per demo run
+    return DemoNames(f"{tag}:events", f"{tag}:group", f"{tag}:dead", f"{tag}:worker")
 
 
 def open_redis(
@@ -203,8 +237,3 @@ def _fake_redis(missing: str) -> redis.Redis:
         raise SetupError(missing) from None
     client: redis.Redis = fakeredis.FakeRedis()
     return client
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return code

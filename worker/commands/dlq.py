@@ -10,14 +10,13 @@
 ``requeue`` moves entries to the end of the events stream with ``origin_id`` kept, so
 the worker's guards still compare their first position. ``drop`` deletes for good;
 dropping by ``--all`` or ``--reason`` needs ``--yes``. Exit codes: 0 done, 1 Redis
-error or an ID that is not in the dead-letter stream, 2 bad arguments.
+error or an ID that is not in the dead-letter stream, 2 bad arguments or settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,28 +24,23 @@ from typing import Any
 import redis
 
 from worker import deadletter
-from worker.commands.options import add_settings_flags, settings_from
+from worker.commands.options import (
+    EXIT_OK,
+    Failure,
+    UsageError,
+    add_settings_flags,
+    command,
+    settings_from,
+)
 from worker.connections import connect_redis
 from worker.deadletter import DeadLetterEntry
 from worker.positions import InvalidStreamId
 from worker.settings import Settings, redact_url
 
-PROG = "florist-worker dlq"
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 DEFAULT_LIMIT = 100
 
-SETTINGS = ("redis_url", "stream", "dead_stream")
+SETTINGS = ("redis_url", "redis_cluster", "stream", "dead_stream")
 COLUMNS = ("ID", "REASON", "JOB", "TYPE", "DELIVERIES", "AGE")
-
-
-class _Failure(Exception):
-    """Reported on one line with its exit code."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -54,14 +48,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "dlq",
         help="list, show, requeue or drop dead letters",
         description="Work with the dead-letter stream: entries that were invalid, of a "
-        "newer schema version, or whose job or client stayed unknown.",
+        "newer schema version, whose job or client stayed unknown, or that MongoDB kept "
+        "refusing (store_error). Exit codes: 0 done, 1 Redis error or an ID not found, 2 "
+        "bad arguments or settings.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=False)
     common = argparse.ArgumentParser(add_help=False)
     add_settings_flags(common, fields=SETTINGS)
 
     listing = actions.add_parser(
-        "list", parents=[common], help="a table of dead letters, oldest first"
+        "list",
+        parents=[common],
+        help="a table of dead letters, oldest first",
+        description="List dead letters, oldest first: ID, reason, job, type, deliveries "
+        "and age, then how many were shown and how many there are.",
     )
     listing.add_argument("--reason", help="only this dead_reason (e.g. invalid, unknown_job)")
     listing.add_argument("--job", dest="job_id", metavar="JOB_ID", help="only this job")
@@ -73,7 +73,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     listing.set_defaults(handler=handle)
 
-    show = actions.add_parser("show", parents=[common], help="every field of one dead letter")
+    show = actions.add_parser(
+        "show",
+        parents=[common],
+        help="every field of one dead letter",
+        description="Print every field of one dead letter: the original entry's fields "
+        "and dead_reason, dead_error, origin_id, origin_stream, deliveries, dead_at.",
+    )
     show.add_argument("id", metavar="ID", help="the dead letter's entry ID")
     show.add_argument("--json", action="store_true", help="print the fields as a JSON object")
     show.set_defaults(handler=handle)
@@ -82,11 +88,20 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "requeue",
         parents=[common],
         help="put dead letters back on the events stream (origin_id kept)",
+        description="Move dead letters to the end of the events stream with origin_id "
+        "kept (bookkeeping fields removed) and delete them from the dead-letter stream, in "
+        "one MULTI/EXEC. Exit 1 if a given ID is not in the dead-letter stream.",
     )
     _add_selection(requeue)
     requeue.set_defaults(handler=handle)
 
-    drop = actions.add_parser("drop", parents=[common], help="delete dead letters for good")
+    drop = actions.add_parser(
+        "drop",
+        parents=[common],
+        help="delete dead letters for good",
+        description="Delete dead letters from the dead-letter stream for good. Dropping "
+        "by --all or --reason needs --yes; by ID it does not.",
+    )
     _add_selection(drop)
     drop.add_argument("--yes", action="store_true", help="confirm dropping by --all or --reason")
     drop.set_defaults(handler=handle)
@@ -98,15 +113,14 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reason", help="every dead letter with this dead_reason")
 
 
+@command("dlq")
 def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
     client = connect_redis(settings)
     try:
         output = _ACTIONS[arguments.action](client, settings, arguments)
-    except _Failure as error:
-        return _fail(str(error), error.code)
     except (redis.RedisError, OSError) as error:
-        return _fail(f"Redis {redact_url(settings.redis_url)}: {error}", EXIT_FAILED)
+        raise Failure(f"Redis {redact_url(settings.redis_url)}: {error}") from None
     finally:
         client.close()
     if output:
@@ -116,7 +130,7 @@ def handle(arguments: argparse.Namespace) -> int:
 
 def _list(client: redis.Redis, settings: Settings, arguments: argparse.Namespace) -> str:
     if arguments.limit < 0:
-        raise _Failure(f"--limit must be 0 or more, got {arguments.limit}", EXIT_USAGE)
+        raise UsageError(f"--limit must be 0 or more, got {arguments.limit}")
     letters = deadletter.list_dead_letters(
         client,
         reason=arguments.reason,
@@ -172,9 +186,9 @@ def _show(client: redis.Redis, settings: Settings, arguments: argparse.Namespace
     try:
         letter = deadletter.get_dead_letter(client, arguments.id, settings=settings)
     except InvalidStreamId as error:
-        raise _Failure(str(error), EXIT_USAGE) from None
+        raise UsageError(str(error)) from None
     if letter is None:
-        raise _Failure(f"no dead letter {arguments.id} in {settings.dead_stream}", EXIT_FAILED)
+        raise Failure(f"no dead letter {arguments.id} in {settings.dead_stream}")
     fields = letter.fields()
     if arguments.json:
         return json.dumps({"id": letter.id, "fields": fields}, indent=2)
@@ -189,15 +203,15 @@ def _selection(
 ) -> tuple[list[str] | None, list[str]]:
     """The IDs to act on (``None``: all, filtered by --reason) and the IDs not found."""
     if arguments.ids and arguments.all:
-        raise _Failure(f"give IDs or --all, not both, to {verb}", EXIT_USAGE)
+        raise UsageError(f"give IDs or --all, not both, to {verb}")
     if not arguments.ids and not arguments.all and arguments.reason is None:
-        raise _Failure(f"say what to {verb}: IDs, --all or --reason R", EXIT_USAGE)
+        raise UsageError(f"say what to {verb}: IDs, --all or --reason R")
     if not arguments.ids:
         return None, []
     try:
         found, missing = deadletter.find_dead_letters(client, arguments.ids, settings=settings)
     except InvalidStreamId as error:
-        raise _Failure(str(error), EXIT_USAGE) from None
+        raise UsageError(str(error)) from None
     return [letter.id for letter in found], missing
 
 
@@ -211,7 +225,7 @@ def _drop(client: redis.Redis, settings: Settings, arguments: argparse.Namespace
     ids, missing = _selection(client, settings, arguments, "drop")
     if ids is None and not arguments.yes:
         what = "every dead letter" if arguments.reason is None else f"{arguments.reason} ones"
-        raise _Failure(f"dropping {what} deletes them for good: add --yes", EXIT_USAGE)
+        raise UsageError(f"dropping {what} deletes them for good: add --yes")
     dropped = deadletter.drop(client, ids, reason=arguments.reason, settings=settings)
     return _report(f"dropped {dropped} dead letter(s)", missing, settings)
 
@@ -219,13 +233,8 @@ def _drop(client: redis.Redis, settings: Settings, arguments: argparse.Namespace
 def _report(done: str, missing: Sequence[str], settings: Settings) -> str:
     if missing:
         print(done)
-        raise _Failure(f"not in {settings.dead_stream}: {', '.join(missing)}", EXIT_FAILED)
+        raise Failure(f"not in {settings.dead_stream}: {', '.join(missing)}")
     return done
 
 
 _ACTIONS = {"list": _list, "show": _show, "requeue": _requeue, "drop": _drop}
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code

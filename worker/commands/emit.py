@@ -2,15 +2,16 @@
 
 ::
 
-    florist-worker emit server-metrics --job JOB --metrics '{"fit_start": "..."}'
-    florist-worker emit client-metrics --job JOB --client-uuid UUID --metrics JSON
-    florist-worker emit status --job JOB --status FINISHED_WITH_ERROR [--error-message TEXT]
+    florist-worker emit server-metrics --job JOB_ID --metrics '{"fit_start": "..."}'
+    florist-worker emit client-metrics --job JOB_ID --client-uuid UUID --metrics JSON
+    florist-worker emit status --job JOB_ID --status FINISHED_WITH_ERROR [--error-message TEXT]
     florist-worker emit raw --fields '{"v": "1", "type": "...", ...}'
 
 ``--metrics -`` (or ``--fields -``) reads the JSON from standard input. Prints the new
 entry's ID. The event is validated first: bad JSON, a bad status or any other invalid
 argument prints one line on stderr and exits with 2, writing nothing; a Redis error
-exits with 1. ``raw`` writes the field map as given (for testing the dead-letter path).
+exits with 1 (see :func:`worker.commands.options.command`). ``raw`` writes the field map
+as given (for testing the dead-letter path).
 """
 
 from __future__ import annotations
@@ -23,34 +24,33 @@ from typing import Any
 
 import redis
 
-from worker.commands.options import add_settings_flags, settings_from
+from worker.commands.options import (
+    EXIT_OK,
+    Failure,
+    UsageError,
+    add_settings_flags,
+    command,
+    settings_from,
+)
 from worker.entities import JobStatus
 from worker.producer import DEFAULT_MAXLEN, EventPublisher, InvalidEvent
 from worker.settings import redact_url
 
-PROG = "florist-worker emit"
-EXIT_OK = 0
-EXIT_REDIS = 1
-EXIT_USAGE = 2
-
-
 _JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
-
-
-class _UsageError(Exception):
-    """A bad argument: reported on one line, exit code 2."""
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "emit",
         help="publish one event (server metrics, client metrics, a status) to the stream",
-        description="Publish one v1 event to the events stream and print its entry ID.",
+        description="Publish one v1 event to the events stream and print its entry ID. "
+        "The event is validated first: a bad argument exits 2 and writes nothing; a Redis "
+        "error exits 1.",
     )
-    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=False)
 
     common = argparse.ArgumentParser(add_help=False)
-    add_settings_flags(common, ["redis_url", "stream"])
+    add_settings_flags(common, ["redis_url", "redis_cluster", "stream"])
     common.add_argument(
         "--maxlen",
         type=int,
@@ -58,45 +58,61 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help=f"approximate MAXLEN of the stream, its replay window (default: {DEFAULT_MAXLEN})",
     )
     job = argparse.ArgumentParser(add_help=False)
-    job.add_argument("--job", required=True, help="the Job document's _id")
+    job.add_argument("--job", required=True, metavar="JOB_ID", help="the Job document's _id")
 
     server = kinds.add_parser(
-        "server-metrics", parents=[common, job], help="the FL server's whole metrics snapshot"
+        "server-metrics",
+        parents=[common, job],
+        help="the FL server's whole metrics snapshot",
+        description="Publish a server.metrics event: the FL server's whole current metrics "
+        "snapshot. A snapshot with a top-level fit_end finishes the job.",
     )
     server.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
     server.set_defaults(handler=handle)
 
     client = kinds.add_parser(
-        "client-metrics", parents=[common, job], help="one FL client's whole metrics snapshot"
+        "client-metrics",
+        parents=[common, job],
+        help="one FL client's whole metrics snapshot",
+        description="Publish a client.metrics event: one FL client's whole current metrics "
+        "snapshot, for the clients_info element whose uuid is --client-uuid.",
     )
     client.add_argument("--client-uuid", required=True, help="ClientInfo.uuid of the client")
     client.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
     client.set_defaults(handler=handle)
 
-    status = kinds.add_parser("status", parents=[common, job], help="a change of the job status")
+    status = kinds.add_parser(
+        "status",
+        parents=[common, job],
+        help="a change of the job status",
+        description="Publish a job.status event. NOT_STARTED -> IN_PROGRESS -> FINISHED_*; "
+        "the first finish wins.",
+    )
     status.add_argument("--status", required=True, help=f"one of {', '.join(JobStatus.list())}")
     status.add_argument("--error-message", help="why the job finished with an error")
     status.set_defaults(handler=handle)
 
     raw = kinds.add_parser(
-        "raw", parents=[common], help="a field map written as given, without validation"
+        "raw",
+        parents=[common],
+        help="a field map written as given, without validation",
+        description="Write a field map to the events stream as given, without validation "
+        "(for testing the dead-letter path).",
     )
     raw.add_argument("--fields", required=True, help="JSON object of text fields, or - for stdin")
     raw.set_defaults(handler=handle)
 
 
+@command("emit")
 def handle(arguments: argparse.Namespace) -> int:
+    publisher, url = _publisher(arguments)
     try:
-        publisher, url = _publisher(arguments)
         publish = _prepare(arguments, publisher)
-    except _UsageError as error:
-        return _fail(str(error), EXIT_USAGE)
-    try:
         entry_id = publish()
     except InvalidEvent as error:
-        return _fail(str(error), EXIT_USAGE)
+        raise UsageError(str(error)) from None
     except (redis.RedisError, OSError) as error:
-        return _fail(f"cannot publish to Redis {redact_url(url)}: {error}", EXIT_REDIS)
+        raise Failure(f"cannot publish to Redis {redact_url(url)}: {error}") from None
     finally:
         publisher.redis.close()
     print(entry_id)
@@ -105,21 +121,19 @@ def handle(arguments: argparse.Namespace) -> int:
 
 def _publisher(arguments: argparse.Namespace) -> tuple[EventPublisher, str]:
     """The publisher (a producer's client: short timeouts, no retries) and its URL."""
-    try:
-        settings = settings_from(arguments)
-    except SystemExit as error:  # settings_from's one-line message about a bad setting
-        raise _UsageError(str(error.code).removeprefix("florist-worker: ")) from None
+    settings = settings_from(arguments)
     if arguments.maxlen < 1:
-        raise _UsageError(f"--maxlen must be at least 1, got {arguments.maxlen}")
+        raise UsageError(f"--maxlen must be at least 1, got {arguments.maxlen}")
     try:
         publisher = EventPublisher.from_url(
             settings.redis_url,
             settings.stream,
             arguments.maxlen,
             timeout_s=settings.socket_timeout_s,
+            cluster=settings.redis_cluster,
         )
     except ValueError as error:
-        raise _UsageError(f"bad --redis-url: {error}") from None
+        raise UsageError(f"bad --redis-url: {error}") from None
     return publisher, settings.redis_url
 
 
@@ -136,12 +150,12 @@ def _prepare(arguments: argparse.Namespace, publisher: EventPublisher) -> Callab
         statuses = JobStatus.list()
         if arguments.status not in statuses:
             expected = ", ".join(statuses)
-            raise _UsageError(f"unknown status {arguments.status!r} (expected one of {expected})")
+            raise UsageError(f"unknown status {arguments.status!r} (expected one of {expected})")
         return lambda: publisher.status(arguments.job, arguments.status, arguments.error_message)
     fields = _json_object(arguments.fields, "--fields")
     bad = [key for key, value in fields.items() if not isinstance(value, str)]
     if bad:
-        raise _UsageError(f"--fields values must be JSON strings; not: {', '.join(bad)}")
+        raise UsageError(f"--fields values must be JSON strings; not: {', '.join(bad)}")
     return lambda: publisher.publish_fields(fields)
 
 
@@ -151,16 +165,11 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
-        raise _UsageError(f"{flag} is not valid JSON: {error}") from None
+        raise UsageError(f"{flag} is not valid JSON: {error}") from None
     except RecursionError:
-        raise _UsageError(f"{flag} is nested too deeply") from None
+        raise UsageError(f"{flag} is nested too deeply") from None
     if not isinstance(value, dict):
-        raise _UsageError(
+        raise UsageError(
             f"{flag} must be a JSON object, got {_JSON_KINDS.get(type(value), 'a number')}"
         )
     return value
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    return code

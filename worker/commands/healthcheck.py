@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from worker.commands.options import add_settings_flags, settings_from
+from worker.commands.options import add_settings_flags, command, settings_from
 from worker.health import check_heartbeat
 
 EXIT_HEALTHY = 0
@@ -25,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="exit 0 if the worker's heartbeat is fresh and healthy, 1 otherwise",
         description="Check the heartbeat file of a running worker: exit 0 when it is "
         "fresh and Redis and MongoDB answered at the worker's last check, 1 otherwise, "
-        "with a one-line reason on stdout.",
+        "with a one-line reason on stdout (2 for bad flags or settings).",
     )
     add_settings_flags(parser, fields=("heartbeat_file", "heartbeat_ttl_s"))
     parser.set_defaults(handler=handle)
 
 
+@command("healthcheck")
 def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
     healthy, reason = check_heartbeat(settings.heartbeat_file, settings.heartbeat_ttl_s)

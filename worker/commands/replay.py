@@ -5,7 +5,8 @@
     florist-worker replay [--from ID|TIME] [--to ID|TIME] [--job JOB_ID] [--dry-run]
 
 Prints one line per outcome. Exit codes: 0 done, 1 Redis or MongoDB stayed
-unavailable (the message names the ``--from`` to resume with), 2 bad arguments.
+unavailable (the message names the ``--from`` to resume with) or refused the
+configuration, 2 bad arguments or settings.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from typing import Any
 
 import redis
 
-from worker.commands.options import add_settings_flags, settings_from
+from worker.commands.options import (
+    EXIT_OK,
+    Failure,
+    UsageError,
+    add_settings_flags,
+    command,
+    settings_from,
+)
 from worker.connections import connect_database, connect_redis
 from worker.logs import configure_logging
 from worker.outcomes import Outcome
@@ -35,12 +43,15 @@ from worker.replay import (
 from worker.settings import redact_url
 from worker.store import MongoJobStore
 
-PROG = "florist-worker replay"
-EXIT_OK = 0
-EXIT_UNAVAILABLE = 1
-EXIT_USAGE = 2
-
-SETTINGS = ("redis_url", "mongodb_uri", "mongodb_db", "stream", "log_level", "log_format")
+SETTINGS = (
+    "redis_url",
+    "redis_cluster",
+    "mongodb_uri",
+    "mongodb_db",
+    "stream",
+    "log_level",
+    "log_format",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -52,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "holds counts as duplicate, so replaying twice changes nothing. Reads with XRANGE "
         "outside the consumer group (nothing is acknowledged or claimed). Invalid entries "
         "are counted, not dead-lettered. If MongoDB or Redis stays unavailable longer than "
-        "--outage-timeout, replay stops and prints the --from to resume with.",
+        "--outage-timeout, replay stops and prints the --from to resume with. Exit codes: "
+        "0 done, 1 a service stayed unavailable or refused, 2 bad arguments or settings.",
     )
     parser.add_argument(
         "--from",
@@ -74,7 +86,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--dry-run", action="store_true", help="report what would change; write nothing"
     )
     parser.add_argument(
-        "--page-size", type=int, default=PAGE_SIZE, help=f"entries per XRANGE (default {PAGE_SIZE})"
+        "--page-size",
+        type=int,
+        default=PAGE_SIZE,
+        metavar="N",
+        help=f"entries per XRANGE (default {PAGE_SIZE})",
     )
     parser.add_argument(
         "--outage-timeout",
@@ -91,13 +107,16 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=handle)
 
 
+@command("replay")
 def handle(arguments: argparse.Namespace) -> int:
     try:
         start, end = parse_bound(arguments.start), parse_bound(arguments.end)
     except InvalidBound as error:
-        return _fail(str(error), EXIT_USAGE)
+        raise UsageError(str(error)) from None
     if arguments.page_size < 1:
-        return _fail(f"--page-size must be at least 1, got {arguments.page_size}", EXIT_USAGE)
+        raise UsageError(f"--page-size must be at least 1, got {arguments.page_size}")
+    if arguments.outage_timeout < 0:
+        raise UsageError(f"--outage-timeout must be 0 or more, got {arguments.outage_timeout}")
     settings = settings_from(arguments)
     configure_logging(settings.log_level, settings.log_format)
     client = connect_redis(settings)
@@ -123,10 +142,10 @@ def handle(arguments: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
     except ReplayInterrupted as error:
-        print(summary(error.report, arguments.dry_run), file=sys.stderr)
-        return _fail(str(error), EXIT_UNAVAILABLE)
+        print(summary(error.report, arguments.dry_run), flush=True)  # what was done
+        raise Failure(str(error)) from None
     except (redis.RedisError, OSError) as error:
-        return _fail(f"Redis {redact_url(settings.redis_url)}: {error}", EXIT_UNAVAILABLE)
+        raise Failure(f"Redis {redact_url(settings.redis_url)}: {error}") from None
     finally:
         client.close()
     print(summary(report, arguments.dry_run, seconds=time.monotonic() - began))
@@ -152,8 +171,3 @@ def summary(report: ReplayReport, dry_run: bool, seconds: float | None = None) -
     if dry_run:
         lines.append("nothing was written (--dry-run)")
     return "\n".join(lines)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-    return code

@@ -7,7 +7,8 @@
     florist-worker stats --watch [SECONDS]   # refresh every SECONDS (default 2) until Ctrl-C
 
 Read-only. Exit 0 (also when the stream or group does not exist yet, and on Ctrl-C
-in ``--watch``); 1 when Redis does not answer (``--watch`` keeps trying instead).
+in ``--watch``); 1 when Redis does not answer (``--watch`` keeps trying instead); 2 for
+bad flags or settings.
 """
 
 from __future__ import annotations
@@ -20,14 +21,28 @@ from typing import Any, TextIO
 
 import redis
 
-from worker.commands.options import add_settings_flags, settings_from
+from worker.commands.options import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    add_settings_flags,
+    command,
+    error_line,
+    settings_from,
+)
 from worker.connections import connect_redis
 from worker.settings import Settings, redact_url
 from worker.stats import collect_stats, render_stats
 
 DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\033[H\033[2J"
-SETTINGS_FLAGS = ("redis_url", "stream", "group", "dead_stream", "socket_timeout_s")
+SETTINGS_FLAGS = (
+    "redis_url",
+    "redis_cluster",
+    "stream",
+    "group",
+    "dead_stream",
+    "socket_timeout_s",
+)
 
 
 def _positive_seconds(text: str) -> float:
@@ -46,7 +61,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="show stream length, group lag, pending entries and dead letters",
         description="Show the events stream (length, first and last entry: the replay "
         "window), the consumer group (lag, entries read, pending entries and the oldest "
-        "one's idle time, each consumer), and dead letters by reason. Read-only.",
+        "one's idle time, each consumer), and dead letters by reason. Read-only. Exit "
+        "codes: 0 shown, 1 Redis did not answer, 2 bad flags or settings.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
@@ -61,6 +77,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser.set_defaults(handler=handle)
 
 
+@command("stats")
 def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
     client = connect_redis(settings)
@@ -78,7 +95,7 @@ def _snapshot(client: redis.Redis, settings: Settings, *, as_json: bool, indent:
 
 
 def _unavailable(settings: Settings, error: redis.RedisError) -> str:
-    return f"florist-worker: Redis at {redact_url(settings.redis_url)} did not answer: {error}"
+    return error_line("stats", f"Redis at {redact_url(settings.redis_url)} did not answer: {error}")
 
 
 def show_once(
@@ -89,9 +106,9 @@ def show_once(
         text = _snapshot(client, settings, as_json=as_json, indent=2)
     except redis.RedisError as error:
         print(_unavailable(settings, error), file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     print(text, file=out)
-    return 0
+    return EXIT_OK
 
 
 def watch(
@@ -121,4 +138,4 @@ def watch(
                 print(text, file=out, end="\n" if as_json or redraw else "\n\n", flush=True)
             sleep(interval_s)
     except KeyboardInterrupt:
-        return 0
+        return EXIT_OK
