@@ -159,3 +159,32 @@ def test_the_server_refuses_what_the_shape_checker_refuses(database, update, arr
     raw = database["job"]._collection  # past the checking wrapper, straight to the server
     with pytest.raises((WriteError, OperationFailure)):
         raw.update_one({"_id": JOB}, update, array_filters=array_filters)
+
+
+def test_a_batch_on_the_real_server_leaves_what_one_by_one_leaves_on_mongomock(database):
+    """bulk_write with array_filters (which mongomock-ng cannot run: the store emulates
+    it there) against the server itself, a repeated client uuid included."""
+    import mongomock_ng
+
+    from tests.conftest import load_job_document, load_sample_entries
+    from worker.events import parse_entry
+    from worker.positions import StreamPosition
+    from worker.store import MongoJobStore
+
+    job = load_job_document()
+    job["clients_info"].append(dict(job["clients_info"][0]))  # a repeated uuid
+    items = [
+        (parse_entry(fields), StreamPosition(index + 1, 0))
+        for index, fields in enumerate(load_sample_entries())
+    ]
+    reference = mongomock_ng.MongoClient()["reference"]
+    reference["job"].insert_one(dict(job))
+    expected = [MongoJobStore(reference, batched=False).apply(e, p) for e, p in items]
+    database["job"].insert_one(dict(job))
+    store = MongoJobStore(database)
+
+    got = [outcome for outcome, _error in store.apply_batch(items)]
+
+    assert got == expected
+    assert store.round_trips == 2
+    assert job_of(database, job["_id"]) == reference["job"].find_one({"_id": job["_id"]})

@@ -135,7 +135,8 @@ class Worker:
         self._last_summary = time.monotonic()
         self._redis_ok = True
         self._store_ok = True
-        self._announced: set[str] = set()  # entries whose retry was logged at info once
+        self._announced: set[str] = set()
+        self._round_trips_reported = 0  # entries whose retry was logged at info once
 
     # -- public surface -------------------------------------------------------------
 
@@ -182,6 +183,16 @@ class Worker:
     @property
     def stopping(self) -> bool:
         return self._stop.is_set()
+
+    @property
+    def round_trips(self) -> int:
+        """MongoDB round trips the store made to apply events (0 if it does not count)."""
+        return int(getattr(self.store, "round_trips", 0))
+
+    @property
+    def round_trips_per_1000_events(self) -> float | None:
+        events = self.counts.total()
+        return None if not events else round(1000 * self.round_trips / events, 2)
 
     # -- the loop's steps -----------------------------------------------------------
 
@@ -365,9 +376,14 @@ class Worker:
                 deliveries=letter.deliveries,
                 dead_stream=self.stream.dead_stream,
             )
+        trips = self.round_trips - self._round_trips_reported
+        self._round_trips_reported += trips
         for observer in self.observers:
             try:
                 observer.batch_settled(results, seconds)
+                counted = getattr(observer, "mongodb_round_trips", None)
+                if counted is not None and trips:
+                    counted(trips)
             except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
                 log.error(
                     "batch observer failed", observer=type(observer).__name__, error=str(error)
@@ -448,6 +464,8 @@ class Worker:
             self.settings.consumer,
             redis_ok=self._redis_ok,
             mongodb_ok=self._store_ok,
+            events=self.counts.total(),
+            mongodb_round_trips=self.round_trips,
         )
 
     def _heartbeat(self) -> None:
@@ -466,6 +484,8 @@ class Worker:
             self.settings.consumer,
             redis_ok=redis_ok,
             mongodb_ok=store_ok,
+            events=self.counts.total(),
+            mongodb_round_trips=self.round_trips,
         )
 
     def _log_summary(self) -> None:
@@ -480,6 +500,7 @@ class Worker:
             dead_lettered=self.dead_lettered,
             pending=pending,
             lag=lag,
+            mongodb_round_trips_per_1000_events=self.round_trips_per_1000_events,
         )
 
     @contextmanager

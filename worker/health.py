@@ -22,11 +22,27 @@ class Heartbeat:
     redis_ok: bool
     mongodb_ok: bool
     pid: int
+    events: int = 0  # entries handled since the worker started
+    mongodb_round_trips: int = 0  # MongoDB round trips made to apply them
+
+    @property
+    def round_trips_per_1000_events(self) -> float | None:
+        return None if not self.events else 1000 * self.mongodb_round_trips / self.events
 
 
-def write_heartbeat(path: Path, consumer: str, *, redis_ok: bool, mongodb_ok: bool) -> None:
+def write_heartbeat(
+    path: Path,
+    consumer: str,
+    *,
+    redis_ok: bool,
+    mongodb_ok: bool,
+    events: int = 0,
+    mongodb_round_trips: int = 0,
+) -> None:
     """Replace the file atomically, so a reader never sees half a heartbeat."""
-    beat = Heartbeat(consumer, time.time(), redis_ok, mongodb_ok, os.getpid())
+    beat = Heartbeat(
+        consumer, time.time(), redis_ok, mongodb_ok, os.getpid(), events, mongodb_round_trips
+    )
     partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     partial.write_text(json.dumps(asdict(beat)))
     partial.replace(path)
@@ -34,6 +50,14 @@ def write_heartbeat(path: Path, consumer: str, *, redis_ok: bool, mongodb_ok: bo
 
 def remove_heartbeat(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+def read_heartbeat(path: Path) -> Heartbeat | None:
+    """The last heartbeat written at ``path``, or ``None``."""
+    try:
+        return Heartbeat(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def check_heartbeat(path: Path, max_age_s: float) -> tuple[bool, str]:
@@ -51,4 +75,6 @@ def check_heartbeat(path: Path, max_age_s: float) -> tuple[bool, str]:
         return False, "Redis did not answer at the last check"
     if not beat.mongodb_ok:
         return False, "MongoDB did not answer at the last check"
-    return True, f"healthy: {beat.consumer} beat {age:.1f} s ago"
+    rate = beat.round_trips_per_1000_events
+    trips = "" if rate is None else f"; {rate:.1f} MongoDB round trips per 1,000 events"
+    return True, f"healthy: {beat.consumer} beat {age:.1f} s ago{trips}"

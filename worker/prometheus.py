@@ -141,6 +141,12 @@ class PrometheusObserver:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self.round_trips = Counter(
+            f"{PREFIX}_mongodb_round_trips",
+            "MongoDB round trips made to apply events (per 1,000 events: divide by "
+            f"{PREFIX}_events_total and multiply by 1,000)",
+            registry=self.registry,
+        )
         self.apply_seconds = Histogram(
             f"{PREFIX}_apply_seconds",
             "time to apply and settle one batch, outage waits included",
@@ -155,6 +161,10 @@ class PrometheusObserver:
             self.events.labels(outcome=outcome.value, type=item.event_type).inc()
         self.batch_size.observe(len(results))
         self.apply_seconds.observe(seconds)
+
+    def mongodb_round_trips(self, count: int) -> None:
+        """Told how many round trips the store made since the last batch."""
+        self.round_trips.inc(count)
 
     def watch_stream(
         self, redis_client: redis.Redis, settings: Settings, cache_s: float = STATS_CACHE_S

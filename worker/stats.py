@@ -15,6 +15,7 @@ only its length, in constant time.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from typing import Any
 
 import redis
 
+from worker.health import read_heartbeat
 from worker.settings import Settings
 
 DEAD_LETTER_PAGE = 1_000
@@ -98,6 +100,8 @@ class StreamStats:
     consumers: tuple[ConsumerStats, ...] = ()
     dead_letters: int = 0
     dead_letters_by_reason: dict[str, int] | None = field(default=None)
+    # From the heartbeat of a worker running on this host (FLORIST_HEARTBEAT_FILE), if any.
+    worker_round_trips_per_1000_events: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: datetimes become ISO 8601 text."""
@@ -140,6 +144,10 @@ def collect_stats(
         values["dead_letters"] = sum(reasons.values())
     else:
         values["dead_letters"] = int(redis_client.xlen(settings.dead_stream))
+    beat = read_heartbeat(settings.heartbeat_file)
+    if beat is not None and time.time() - beat.at <= settings.heartbeat_ttl_s:
+        rate = beat.round_trips_per_1000_events
+        values["worker_round_trips_per_1000_events"] = None if rate is None else round(rate, 2)
     return StreamStats(
         stream=settings.stream,
         group=settings.group,
@@ -292,4 +300,9 @@ def render_stats(stats: StreamStats) -> str:
     if reasons:
         detail = " (" + ", ".join(f"{reason} {count}" for reason, count in reasons.items()) + ")"
     lines.append(f"dead letters {stats.dead_stream}: {stats.dead_letters}{detail}")
+    if stats.worker_round_trips_per_1000_events is not None:
+        lines.append(
+            "worker on this host: "
+            f"{stats.worker_round_trips_per_1000_events:g} MongoDB round trips per 1,000 events"
+        )
     return "\n".join(lines)
