@@ -62,16 +62,32 @@ def _round_trip_bound(workload: str) -> Callable[[Results], str]:
         text = (
             f"A made {worst['mongo_round_trips_per_1000_events']:,.1f} round trips per 1,000 "
             f"events (counted by {worst['round_trips_counted_by']}; the proxy counted "
-            f"{worst['proxy_round_trips_per_1000_events']:,.1f})"
+            f"{worst['proxy_round_trips_per_1000_events']:,.1f}, the worker's start-up "
+            "options/create_index calls included)"
         )
         if not results.get("batched_writes_setting", True):
             text += "; this worker has no batched writes: one update_one per event"
         elif worst["mongo_round_trips_per_1000_events"] >= 900:
             text += ": about one per event, the writes were not batched"
         else:
-            count = results.get("read_count", 0)
-            per_batch = worst["mongo_round_trips_per_1000_events"] * count / 1000
-            text += f"; a batch is {count} entries, so each batch took {per_batch:,.1f} round trips"
+            section = results.get("throughput", {}).get(workload, {})
+            count = int(results.get("read_count", 0))
+            repeats = section.get("repeats_per_run", 1)
+            per_drain = section.get("events_per_run", 0) // max(repeats, 1)
+            trips = worst["mongo_round_trips_per_1000_events"] * per_drain / 1000
+            batches = -(-per_drain // count) if count else 0
+            text += (
+                f"; a drain of this workload is {per_drain:,} events, {batches} batch(es) of "
+                f"up to {count:,}, and took {trips:,.1f} round trips"
+            )
+            if (
+                per_drain
+                and 1000 / per_drain * batches > worst["mongo_round_trips_per_1000_events"] / 2
+            ):
+                text += (
+                    f": the workload bounds it, even one round trip per batch would be "
+                    f"{1000 / per_drain * batches:,.1f} per 1,000 events"
+                )
         return text
 
     return bound

@@ -248,7 +248,11 @@ def notes(config: Config, results: dict[str, Any]) -> list[str]:
         "at every modelled RTT; a real MongoDB moves all the limits.",
         "Round trips per 1,000 events: the worker's own count (store.round_trips) where its "
         "store has one, otherwise (B, C, and a worker without the counter) the proxy's count "
-        "of calls; the JSON has the proxy's count for every writing system as a cross-check.",
+        "of calls; the JSON has the proxy's count for every writing system as a cross-check. "
+        "A bulk_write is one round trip (the proxy runs it through the worker's ordered-bulk "
+        "emulation, mongomock-ng refusing array filters). Each drain of A and A1 starts a "
+        "worker, whose start-up checks (options, two create_index) also pay the delay: 3 "
+        "round trips per drain that B and C do not make, timed (a bias against the worker).",
         f"B, C and R read {BATCH} entries per XREADGROUP, the worker's default batch_size. "
         "D (NullStore) and R (no store) make no MongoDB calls: they run once, without a "
         "modelled delay.",

@@ -59,22 +59,37 @@ def test_the_sample_run_takes_two_round_trips(fake_redis):
 
 # ------------------------------------------------- the same decisions as one by one
 
-SAMPLE_EVENTS = [parse_entry(fields) for fields in SAMPLES]
 CLIENT_UUIDS = sorted({c["uuid"] for c in JOB["clients_info"]})
+# Heartbeats (issue 12) among the samples: liveness must come out the same too.
+HEARTBEATS = [
+    {"v": "1", "type": "host.heartbeat", "host_type": "server", "job_id": JOB["_id"]},
+    *(
+        {
+            "v": "1",
+            "type": "host.heartbeat",
+            "host_type": "client",
+            "job_id": JOB["_id"],
+            "client_uuid": uuid,
+        }
+        for uuid in [*CLIENT_UUIDS, "no-such-client"]
+    ),
+]
+ENTRIES = [*SAMPLES, *HEARTBEATS]
+SAMPLE_EVENTS = [parse_entry(fields) for fields in ENTRIES]
 
 
 def _by_uuid(index: int) -> Any:
     """The sample event named by a uuid instead of the job id, where it can be."""
     event = SAMPLE_EVENTS[index]
-    fields = {k: v for k, v in SAMPLES[index].items() if k != "job_id"}
-    if event.type in ("server.metrics", "job.status"):
+    fields = {k: v for k, v in ENTRIES[index].items() if k != "job_id"}
+    if event.type in ("server.metrics", "job.status") or fields.get("host_type") == "server":
         fields["server_uuid"] = JOB.get("server_uuid") or "no-server-uuid"
     return parse_entry(fields)
 
 
 events_with_positions = st.lists(
     st.tuples(
-        st.integers(0, len(SAMPLES) - 1),  # which sample event
+        st.integers(0, len(ENTRIES) - 1),  # which sample event (or heartbeat)
         st.integers(0, 60),  # its position (milliseconds): any order, repeats = redelivery
         st.sampled_from(["job_id", "uuid", "unknown job"]),
     ),

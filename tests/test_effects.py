@@ -31,7 +31,10 @@ def test_server_metrics_write_is_guarded_by_position():
     assert write is not None
     assert write.filter == {"_id": "j", SERVER_POSITION: {"$not": {"$gte": P.key}}}
     # the text as received, since it is already strict JSON
-    assert write.update == {"$set": {"server_metrics": '{"a": 1}', SERVER_POSITION: P.key}}
+    assert write.update == {
+        "$set": {"server_metrics": '{"a": 1}', SERVER_POSITION: P.key},
+        "$max": {"server_last_event_ms": P.milliseconds},  # liveness (issue 12)
+    }
 
 
 def test_fit_end_finishes_in_the_same_update():

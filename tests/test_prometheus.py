@@ -301,3 +301,40 @@ def test_cache_limits_redis_calls_and_caches_failures(redis_url: str) -> None:
     clock.now += 1
     recovered = cache.get()
     assert recovered is not None and recovered.pending == 4
+
+
+def test_the_watchdog_s_gauge_and_counter(fake_redis):
+    """Issue 12: silent jobs (gauge, from the scan) and jobs finished by the watchdog
+    (counter, when its finish is applied)."""
+    import mongomock_ng
+
+    from tests.conftest import load_job_document
+    from tests.support import STREAM, make_worker
+    from worker.watchdog import lock_key, redis_now_ms
+
+    database = mongomock_ng.MongoClient()["prometheus-watchdog"]
+    job = load_job_document()
+    database["job"].insert_one(job)
+    observer = PrometheusObserver()
+    worker = make_worker(fake_redis, database, stale_after_s=5)
+    worker.observers.append(observer)
+    worker.watchdog.reachable_since_ms = 0
+    start = redis_now_ms(fake_redis) - 3000
+    status = {"v": "1", "type": "job.status", "job_id": job["_id"], "status": "IN_PROGRESS"}
+    fake_redis.xadd(STREAM, status, id=f"{start}-0")
+    beat = {"v": "1", "type": "host.heartbeat", "host_type": "server", "job_id": job["_id"]}
+    fake_redis.xadd(STREAM, beat, id=f"{start}-1")
+    worker.drain()
+    assert worker.run_watchdog().finished == []
+    sample = observer.registry.get_sample_value
+    assert sample("florist_worker_silent_jobs") == 1  # 3 s: over half of the 5 s limit
+    assert sample("florist_worker_watchdog_finished_jobs_total") == 0
+
+    worker.watchdog.settings = worker.settings.model_copy(update={"stale_after_s": 2})
+    fake_redis.delete(lock_key(STREAM))
+    assert worker.run_watchdog().finished == [job["_id"]]
+    worker.drain()
+    assert sample("florist_worker_watchdog_finished_jobs_total") == 1
+    fake_redis.delete(lock_key(STREAM))
+    worker.run_watchdog()
+    assert sample("florist_worker_silent_jobs") == 0  # finished: no longer watched

@@ -117,9 +117,13 @@ def entries(draw: st.DrawFn, *, with_job_id: bool) -> dict[bytes, bytes]:
         fields["job_id"] = draw(ids)
     elif event_type != "client.metrics" or draw(st.booleans()):
         fields["server_uuid"] = draw(ids)
-    if event_type == "client.metrics" or draw(st.booleans()):
+    if event_type == "host.heartbeat" or draw(st.integers(0, 5)) == 0:
+        fields["host_type"] = draw(st.sampled_from(["server", "client", "", "worker", "Server"]))
+        if fields["host_type"] == "client" and not with_job_id and draw(st.booleans()):
+            fields.pop("server_uuid", None)  # a client's heartbeat named by its uuid alone
+    if event_type in ("client.metrics", "host.heartbeat") or draw(st.booleans()):
         fields["client_uuid"] = draw(ids)
-    if event_type != "job.status" or draw(st.booleans()):
+    if event_type not in ("job.status", "host.heartbeat") or draw(st.booleans()):
         fields["metrics"] = draw(metrics_texts)
     if event_type == "job.status" or draw(st.booleans()):
         fields["status"] = draw(statuses)
@@ -170,7 +174,7 @@ metrics_dicts = st.dictionaries(st.text(max_size=6), json_values, max_size=5)
 
 @SETTINGS
 @given(
-    kind=st.sampled_from(["server", "client", "status"]),
+    kind=st.sampled_from(["server", "client", "status", "heartbeat"]),
     job_id=st.one_of(st.none(), ids),
     uuid=st.one_of(st.none(), ids),
     metrics=metrics_dicts,
@@ -192,6 +196,14 @@ def test_what_the_publisher_writes_the_worker_accepts(
             publisher.server_metrics(job_id, metrics, server_uuid=uuid)
         elif kind == "client":
             publisher.client_metrics(job_id, uuid, metrics)  # type: ignore[arg-type]
+        elif kind == "heartbeat":
+            host_type = "client" if len(status) % 2 else "server"
+            publisher.heartbeat(
+                host_type,
+                job_id=job_id,
+                server_uuid=uuid if host_type == "server" else None,
+                client_uuid=uuid if host_type == "client" else None,
+            )
         else:
             publisher.status(job_id, status, error_message, server_uuid=uuid)
     except InvalidEvent:
@@ -200,7 +212,10 @@ def test_what_the_publisher_writes_the_worker_accepts(
     [(_, fields)] = client.xrange("florist:events")
     assert check_entry(fields, PRODUCER_LIMITS)
     parse_entry(fields, WORKER_LIMITS)  # raises if the worker would refuse it
-    if kind != "status":  # strict JSON text: no bare NaN/Infinity for JSON.parse to choke on
+    if kind in (
+        "server",
+        "client",
+    ):  # strict JSON text: no bare NaN/Infinity for JSON.parse to choke on
         assert not _has_non_finite(json.loads(fields[b"metrics"]))
 
 

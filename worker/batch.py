@@ -4,7 +4,8 @@ Every entry is checked in full (:func:`plan_entry`), whatever else is in its bat
 an entry's outcome never depends on where batch boundaries fall (except ``coalesced``
 versus ``applied``). Then, because a snapshot event carries a target's whole current
 state, only the newest valid snapshot per target needs writing: the older ones are
-``coalesced``. That is what lets a backlog drain far faster than one write per entry.
+``coalesced``; so are all but the newest heartbeat of each host. That is what lets a
+backlog drain far faster than one write per entry.
 
 Nothing an entry holds can make planning raise: a fault of the entry is its outcome
 (``invalid``, ``unsupported_version``), and anything unforeseen is ``internal_error``
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from worker.effects import may_be_coalesced, metrics_target
+from worker.effects import coalesce_target, may_be_coalesced
 from worker.events import Event, InvalidEntry, Limits, parse_entry
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
@@ -99,13 +100,13 @@ def plan_batch(
     for item in planned:
         if item.event is None or item.position is None:
             continue
-        target = metrics_target(item.event)
+        target = coalesce_target(item.event)
         if target is not None and (target not in newest or newest[target] < item.position):
             newest[target] = item.position
     result = []
     for item in planned:
         if item.event is not None and item.position is not None and may_be_coalesced(item.event):
-            target = metrics_target(item.event)
+            target = coalesce_target(item.event)
             if target is not None and item.position < newest[target]:
                 item = Planned(
                     item.entry, item.event, item.position, Outcome.COALESCED, origin=item.origin

@@ -46,6 +46,7 @@ from worker.store import (
     outcomes_of,
 )
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
+from worker.watchdog import ScanReport, Watchdog
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -120,6 +121,12 @@ class Worker:
                 raise ValueError("Worker needs a database or a store")
             store = MongoJobStore(database, batched=self.settings.batched_writes)
         self.store = store
+        # The watchdog reads the job collection: only a store that has one gets it.
+        collection = getattr(store, "collection", None)
+        self.watchdog = (
+            Watchdog(redis_client, collection, self.settings) if collection is not None else None
+        )
+        self._last_watchdog = time.monotonic()  # the first scan after one interval
         self.observers = list(observers)
         self.counts: Counter[str] = Counter()
         self.dead_lettered = 0
@@ -193,6 +200,29 @@ class Worker:
     def round_trips_per_1000_events(self) -> float | None:
         events = self.counts.total()
         return None if not events else round(1000 * self.round_trips / events, 2)
+
+    def run_watchdog(self) -> ScanReport | None:
+        """One watchdog scan now (``run()`` does this every ``watchdog_interval_s``):
+        finishes, by publishing a ``job.status`` event, the IN_PROGRESS jobs whose server
+        was silent longer than ``stale_after_s``; ``None`` when it did not scan (off,
+        another worker holds the lock, an outage). Never raises."""
+        if self.watchdog is None:
+            return None
+        report = self.watchdog.scan()
+        if report is not None:
+            for observer in self.observers:
+                scanned = getattr(observer, "watchdog_scanned", None)
+                if scanned is None:
+                    continue
+                try:
+                    scanned(report)
+                except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
+                    log.error(
+                        "watchdog observer failed",
+                        observer=type(observer).__name__,
+                        error=str(error),
+                    )
+        return report
 
     # -- the loop's steps -----------------------------------------------------------
 
@@ -424,6 +454,8 @@ class Worker:
             self._store_ok = False
         else:
             self._redis_ok = False
+            if self.watchdog is not None:
+                self.watchdog.redis_outage()  # silence counts again from when Redis is back
         delay = self._backoff.next_delay()
         if self._outage != which:
             log.error("outage: backing off, acknowledging nothing", service=which, error=str(error))
@@ -451,6 +483,9 @@ class Worker:
         if now - self._last_summary >= self.settings.summary_interval_s:
             self._last_summary = now
             self._log_summary()
+        if now - self._last_watchdog >= self.settings.watchdog_interval_s:
+            self._last_watchdog = now
+            self.run_watchdog()
 
     def _beat_during_outage(self) -> None:
         """The loop is alive but a service is down: say which, so the healthcheck reports

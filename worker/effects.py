@@ -10,7 +10,11 @@ guard makes redelivery and reordering harmless:
   finishing events (``job.status`` FINISHED_* and server metrics with ``fit_end``),
   the one earliest in the stream wins. Deciding "first" by position rather than by
   arrival is what lets two workers take a job's events in any order and still leave
-  the document one worker in stream order would.
+  the document one worker in stream order would;
+* liveness (when the job's server and each client were last heard from, in stream
+  time: the milliseconds of the event's position) only moves forward (``$max``, guarded
+  by "not already at or after"): every metrics event and heartbeat of a host counts, in
+  the same update as its metrics; a ``host.heartbeat`` changes nothing else.
 
 :func:`first_write` is the optimistic update for the common case. When it matches
 nothing, the store reads the document and :func:`after_miss` either names the
@@ -27,6 +31,7 @@ from worker.entities import JobStatus
 from worker.events import (
     ClientMetricsEvent,
     Event,
+    HeartbeatEvent,
     JobStatusEvent,
     ServerMetricsEvent,
 )
@@ -36,6 +41,11 @@ from worker.positions import StreamPosition
 SERVER_POSITION: Final = "server_metrics_position"
 STATUS_POSITION: Final = "status_position"
 CLIENT_POSITION: Final = "metrics_position"
+# Liveness, in stream time (milliseconds since the epoch, as in entry IDs).
+SERVER_LAST_EVENT: Final = "server_last_event_ms"
+CLIENT_LAST_EVENT: Final = "last_event_ms"  # in each clients_info element
+# BSON holds int64: an entry ID's milliseconds can be larger (an explicit XADD ID).
+_INT64_MAX: Final = 2**63 - 1
 
 RUNNING: Final = (JobStatus.NOT_STARTED.value, JobStatus.IN_PROGRESS.value)
 FINISHED: Final = (JobStatus.FINISHED_SUCCESSFULLY.value, JobStatus.FINISHED_WITH_ERROR.value)
@@ -47,7 +57,19 @@ CLASSIFY_PROJECTION: Final = {
     STATUS_POSITION: 1,
     "clients_info.uuid": 1,
     f"clients_info.{CLIENT_POSITION}": 1,
+    SERVER_LAST_EVENT: 1,
+    f"clients_info.{CLIENT_LAST_EVENT}": 1,
 }
+
+
+def liveness_ms(position: StreamPosition) -> int:
+    """The stream time an event stands for: its position's milliseconds (the entry ID's,
+    or the vouched ``origin_id``'s), capped to what BSON can store."""
+    return min(position.milliseconds, _INT64_MAX)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,10 +104,18 @@ def _finish_fields(
     return to_set, to_unset
 
 
-def _update(to_set: dict[str, Any], to_unset: dict[str, Any] | None = None) -> dict[str, Any]:
-    update: dict[str, Any] = {"$set": to_set}
+def _update(
+    to_set: dict[str, Any],
+    to_unset: dict[str, Any] | None = None,
+    to_max: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    update: dict[str, Any] = {}
+    if to_set:
+        update["$set"] = to_set
     if to_unset:
         update["$unset"] = to_unset
+    if to_max:
+        update["$max"] = to_max
     return update
 
 
@@ -95,7 +125,7 @@ def _is_finishing(event: Event) -> bool:
     return isinstance(event, ServerMetricsEvent) and event.finishes_job
 
 
-def _client_write(event: ClientMetricsEvent, key: str) -> Write:
+def _client_write(event: ClientMetricsEvent, key: str, ms: int) -> Write:
     """Every element whose uuid equals ``client_uuid`` exactly is guarded and updated
     alike (an array filter), so a list with a repeated uuid cannot take an old snapshot
     into its second copy."""
@@ -111,8 +141,31 @@ def _client_write(event: ClientMetricsEvent, key: str) -> Write:
             {
                 "clients_info.$[client].metrics": event.metrics_text,
                 f"clients_info.$[client].{CLIENT_POSITION}": key,
-            }
+            },
+            to_max={f"clients_info.$[client].{CLIENT_LAST_EVENT}": ms},
         ),
+        array_filters=[{"client.uuid": uuid}],
+    )
+
+
+def _heartbeat_write(event: HeartbeatEvent, ms: int) -> Write:
+    """Liveness only, guarded like a position ("not at or after"), so a heartbeat that
+    brings nothing new is a ``duplicate``; ``$max`` makes any order of them safe."""
+    if event.host_type == "server":
+        return Write(
+            {"_id": event.job_id, SERVER_LAST_EVENT: {"$not": {"$gte": ms}}},
+            _update({}, to_max={SERVER_LAST_EVENT: ms}),
+        )
+    uuid = event.client_uuid
+    return Write(
+        {
+            "_id": event.job_id,
+            "clients_info.uuid": uuid,
+            "clients_info": {
+                "$not": {"$elemMatch": {"uuid": uuid, CLIENT_LAST_EVENT: {"$gte": ms}}}
+            },
+        },
+        _update({}, to_max={f"clients_info.$[client].{CLIENT_LAST_EVENT}": ms}),
         array_filters=[{"client.uuid": uuid}],
     )
 
@@ -120,6 +173,7 @@ def _client_write(event: ClientMetricsEvent, key: str) -> Write:
 def first_write(event: Event, position: StreamPosition) -> Write | None:
     """The optimistic update; ``None`` when the event can only be classified by a read."""
     key = position.key
+    ms = liveness_ms(position)
     if isinstance(event, ServerMetricsEvent):
         to_set: dict[str, Any] = {
             "server_metrics": event.metrics_text,
@@ -131,9 +185,11 @@ def first_write(event: Event, position: StreamPosition) -> Write | None:
             finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
             to_set.update(finish_set)
             guard.update(_finish_may_apply(key))
-        return Write(guard, _update(to_set, to_unset))
+        return Write(guard, _update(to_set, to_unset, {SERVER_LAST_EVENT: ms}))
     if isinstance(event, ClientMetricsEvent):
-        return _client_write(event, key)
+        return _client_write(event, key, ms)
+    if isinstance(event, HeartbeatEvent):
+        return _heartbeat_write(event, ms)
     if event.status is JobStatus.IN_PROGRESS:
         return Write(
             {"_id": event.job_id, "status": JobStatus.NOT_STARTED.value},
@@ -162,7 +218,7 @@ def _pinned(document: dict[str, Any], *names: str) -> dict[str, Any]:
 
 
 def _after_miss_server(
-    event: ServerMetricsEvent, key: str, document: dict[str, Any]
+    event: ServerMetricsEvent, key: str, ms: int, document: dict[str, Any]
 ) -> Outcome | Write:
     current = document.get(SERVER_POSITION)
     metrics_apply = not (isinstance(current, str) and current >= key)
@@ -171,28 +227,49 @@ def _after_miss_server(
         return Outcome.DUPLICATE
     to_set: dict[str, Any] = {}
     to_unset: dict[str, Any] = {}
+    to_max: dict[str, Any] = {}
     if metrics_apply:
         to_set.update({"server_metrics": event.metrics_text, SERVER_POSITION: key})
+        to_max[SERVER_LAST_EVENT] = ms
     if finish_applies:
         finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
         to_set.update(finish_set)
     guard = _pinned(document, SERVER_POSITION, "status", STATUS_POSITION)
-    return Write(guard, _update(to_set, to_unset))
+    return Write(guard, _update(to_set, to_unset, to_max))
 
 
-def _after_miss_client(
-    event: ClientMetricsEvent, key: str, document: dict[str, Any]
-) -> Outcome | Write:
+def _matching_clients(document: dict[str, Any], uuid: str | None) -> list[dict[str, Any]]:
     clients = document.get("clients_info")
     if not isinstance(clients, list):
         clients = []  # not a list of clients: no element can match
-    matching = [c for c in clients if isinstance(c, dict) and c.get("uuid") == event.client_uuid]
+    return [c for c in clients if isinstance(c, dict) and c.get("uuid") == uuid]
+
+
+def _after_miss_client(
+    event: ClientMetricsEvent, key: str, ms: int, document: dict[str, Any]
+) -> Outcome | Write:
+    matching = _matching_clients(document, event.client_uuid)
     if not matching:
         return Outcome.UNKNOWN_CLIENT
     positions = [c.get(CLIENT_POSITION) for c in matching]
     if any(isinstance(current, str) and current >= key for current in positions):
         return Outcome.DUPLICATE
-    return _client_write(event, key)  # the element changed under us: same guard again
+    return _client_write(event, key, ms)  # the element changed under us: same guard again
+
+
+def _after_miss_heartbeat(
+    event: HeartbeatEvent, ms: int, document: dict[str, Any]
+) -> Outcome | Write:
+    if event.host_type == "server":
+        current: list[Any] = [document.get(SERVER_LAST_EVENT)]
+    else:
+        matching = _matching_clients(document, event.client_uuid)
+        if not matching:
+            return Outcome.UNKNOWN_CLIENT
+        current = [c.get(CLIENT_LAST_EVENT) for c in matching]
+    if any(_is_number(value) and value >= ms for value in current):
+        return Outcome.DUPLICATE
+    return _heartbeat_write(event, ms)
 
 
 def _after_miss_status(
@@ -228,10 +305,13 @@ def after_miss(
     if document is None:
         return Outcome.UNKNOWN_JOB
     key = position.key
+    ms = liveness_ms(position)
     if isinstance(event, ServerMetricsEvent):
-        return _after_miss_server(event, key, document)
+        return _after_miss_server(event, key, ms, document)
     if isinstance(event, ClientMetricsEvent):
-        return _after_miss_client(event, key, document)
+        return _after_miss_client(event, key, ms, document)
+    if isinstance(event, HeartbeatEvent):
+        return _after_miss_heartbeat(event, ms, document)
     return _after_miss_status(event, key, document)
 
 
@@ -245,10 +325,30 @@ def metrics_target(event: Event) -> tuple[str, ...] | None:
     return None
 
 
+def coalesce_target(event: Event) -> tuple[str, ...] | None:
+    """What an event may be coalesced into, within a batch: the newest snapshot of its
+    metrics target, or (a heartbeat) the newest heartbeat of the same host. ``None`` for
+    status events."""
+    if isinstance(event, HeartbeatEvent):
+        host = ("client", str(event.client_uuid)) if event.host_type == "client" else ("server",)
+        return ("heartbeat", *event.identity, *host)
+    return metrics_target(event)
+
+
 def may_be_coalesced(event: Event) -> bool:
     """A snapshot replaces an older one of its target, except a finishing one: its
-    position decides which finish came first, so it is always written."""
-    return metrics_target(event) is not None and not _is_finishing(event)
+    position decides which finish came first, so it is always written. A heartbeat is
+    replaced by a newer heartbeat of its host (liveness keeps only the newest)."""
+    return coalesce_target(event) is not None and not _is_finishing(event)
+
+
+def _max_into(container: dict[str, Any], field: str, value: Any) -> None:
+    """``$max`` as MongoDB applies it to the values the worker stores: a missing or null
+    field takes the value, a number the larger, another type (above numbers in BSON's
+    order) stays."""
+    current = container.get(field)
+    if current is None or (_is_number(current) and current < value):
+        container[field] = value
 
 
 def apply_to(document: dict[str, Any], write: Write) -> None:
@@ -258,15 +358,18 @@ def apply_to(document: dict[str, Any], write: Write) -> None:
     top-level ``$set``/``$unset``, and ``clients_info.$[client].<field>`` with the one
     array filter on ``client.uuid``."""
     uuid = (write.array_filters or [{}])[0].get("client.uuid")
-    for path, value in write.update.get("$set", {}).items():
-        if path.startswith("clients_info.$[client]."):
-            field = path.removeprefix("clients_info.$[client].")
-            clients = document.get("clients_info")
-            for client in clients if isinstance(clients, list) else []:
-                if isinstance(client, dict) and client.get("uuid") == uuid:
-                    client[field] = value
-        else:
-            document[path] = value
+    for operator in ("$set", "$max"):
+        for path, value in write.update.get(operator, {}).items():
+            if path.startswith("clients_info.$[client]."):
+                field = path.removeprefix("clients_info.$[client].")
+                targets = _matching_clients(document, uuid)
+            else:
+                field, targets = path, [document]
+            for target in targets:
+                if operator == "$set":
+                    target[field] = value
+                else:
+                    _max_into(target, field, value)
     for path in write.update.get("$unset", {}):
         document.pop(path, None)
 
@@ -280,6 +383,12 @@ def took_effect(event: Event, position: StreamPosition, document: dict[str, Any]
     if document is None:
         return False
     key = position.key
+    if isinstance(event, HeartbeatEvent):
+        ms = liveness_ms(position)
+        if event.host_type == "server":
+            return bool(document.get(SERVER_LAST_EVENT) == ms)
+        matching = _matching_clients(document, event.client_uuid)
+        return bool(matching) and all(c.get(CLIENT_LAST_EVENT) == ms for c in matching)
     if isinstance(event, ClientMetricsEvent):
         clients = document.get("clients_info")
         matching = [

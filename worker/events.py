@@ -2,7 +2,8 @@
 
 This module is the one place that knows the entry layout (see ``CONTRACT.md``):
 flat string fields ``v``, ``type``, ``job_id``, ``client_uuid``, ``metrics`` (JSON
-text of an object), ``status``, ``error_message``, ``sent_at``, ``origin_id``.
+text of an object), ``status``, ``error_message``, ``host_type`` (heartbeats),
+``sent_at``, ``origin_id``.
 Unknown extra fields are ignored. Every way an entry can be bad raises
 :class:`InvalidEntry` with the outcome (``invalid`` or ``unsupported_version``) and a
 message a person can act on.
@@ -20,6 +21,7 @@ from florist_events.wire import CLIENT_METRICS as CLIENT_METRICS
 from florist_events.wire import DEFAULT_MAX_ENTRY_BYTES as DEFAULT_MAX_ENTRY_BYTES
 from florist_events.wire import DEFAULT_MAX_METRICS_DEPTH as DEFAULT_MAX_METRICS_DEPTH
 from florist_events.wire import EVENT_TYPES as EVENT_TYPES
+from florist_events.wire import HOST_HEARTBEAT as HOST_HEARTBEAT
 from florist_events.wire import JOB_STATUS as JOB_STATUS
 from florist_events.wire import SCHEMA_VERSION as SCHEMA_VERSION
 from florist_events.wire import SERVER_METRICS as SERVER_METRICS
@@ -237,7 +239,64 @@ class JobStatusEvent(_Entry):
     )
 
 
-Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent
+class HeartbeatEvent(_Entry):
+    """ "This FL host is alive" (added after v1): records when the worker last heard from
+    the job's server or one of its clients, and changes nothing else."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "properties": {"host_type": {"const": "server"}},
+                    "anyOf": [{"required": ["job_id"]}, {"required": ["server_uuid"]}],
+                },
+                {"properties": {"host_type": {"const": "client"}}, "required": ["client_uuid"]},
+            ]
+        }
+    )
+
+    type: Literal["host.heartbeat"]
+    host_type: Literal["server", "client"] = Field(
+        description="whose heartbeat: the job's FL server, or the client named by client_uuid"
+    )
+    server_uuid: OptionalText = Field(
+        default=None,
+        description="a server's uuid (Job.server_uuid): names the job when job_id is absent "
+        "(ignored for a client)",
+    )
+    client_uuid: OptionalText = Field(
+        default=None,
+        description="a client's uuid (ClientInfo.uuid): required for a client; names the job "
+        "too when job_id is absent (ignored for a server)",
+    )
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        if self.host_type == "server":
+            if self.server_uuid == "":
+                raise ValueError("field 'server_uuid' must not be empty")
+            if self.job_id is None and self.server_uuid is None:
+                raise ValueError(
+                    "missing field 'job_id' or 'server_uuid' (one is required for a server's "
+                    "host.heartbeat)"
+                )
+        else:
+            if self.client_uuid is None:
+                raise ValueError("missing field 'client_uuid' (required for a client's heartbeat)")
+            if not self.client_uuid:
+                raise ValueError("field 'client_uuid' must not be empty")
+        return self
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        if self.job_id is not None:
+            return ("job_id", self.job_id)
+        if self.host_type == "server":
+            return ("server_uuid", str(self.server_uuid))
+        return ("client_uuid", str(self.client_uuid))
+
+
+Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent | HeartbeatEvent
 
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
@@ -322,6 +381,10 @@ def _describe(error: ValidationError, event_type: str) -> str:
             problems.append(f"unknown status {detail['input']!r} (expected one of {expected})")
         elif kind == "value_error":
             problems.append(str(detail["ctx"]["error"]) if "ctx" in detail else detail["msg"])
+        elif name == "host_type" and kind == "literal_error":
+            problems.append(
+                f"field 'host_type' must be 'server' or 'client', got {detail['input']!r}"
+            )
         elif kind in {"string_type", "literal_error"}:
             problems.append(f"field {name!r} must be text, got {type(detail['input']).__name__}")
         elif kind == "string_too_short":
@@ -373,11 +436,14 @@ def to_fields(event: Event) -> dict[str, str]:
     fields: dict[str, str] = {"v": event.v, "type": event.type}
     if event.job_id is not None:
         fields["job_id"] = event.job_id
+    if isinstance(event, HeartbeatEvent):
+        fields["host_type"] = event.host_type
     server_uuid = getattr(event, "server_uuid", None)
     if server_uuid is not None:
         fields["server_uuid"] = server_uuid
-    if isinstance(event, ClientMetricsEvent):
-        fields["client_uuid"] = event.client_uuid
+    client_uuid = getattr(event, "client_uuid", None)
+    if client_uuid is not None:
+        fields["client_uuid"] = client_uuid
     if isinstance(event, ServerMetricsEvent | ClientMetricsEvent):
         fields["metrics"] = event.metrics_text
     if isinstance(event, JobStatusEvent):

@@ -21,7 +21,7 @@ from wsgiref.simple_server import WSGIServer
 
 import redis
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
@@ -30,6 +30,7 @@ from worker.connections import connect_redis
 from worker.outcomes import Outcome
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
+from worker.watchdog import MARKER_FIELD, ScanReport
 
 log = structlog.get_logger(__name__)
 
@@ -153,14 +154,34 @@ class PrometheusObserver:
             buckets=APPLY_SECONDS_BUCKETS,
             registry=self.registry,
         )
+        self.silent_jobs = Gauge(
+            f"{PREFIX}_silent_jobs",
+            "IN_PROGRESS jobs whose FL server has been silent for at least half of "
+            "FLORIST_STALE_AFTER_S, as of this worker's last watchdog scan (workers take "
+            "turns: use max() across workers)",
+            registry=self.registry,
+        )
+        self.watchdog_finishes = Counter(
+            f"{PREFIX}_watchdog_finished_jobs",
+            "jobs finished by the watchdog (its job.status event applied by this worker)",
+            registry=self.registry,
+        )
         self.server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+        marker = MARKER_FIELD.encode()
         for item, outcome in results:
             self.events.labels(outcome=outcome.value, type=item.event_type).inc()
+            fields = item.entry.fields
+            if outcome is Outcome.APPLIED and fields is not None and marker in fields:
+                self.watchdog_finishes.inc()
         self.batch_size.observe(len(results))
         self.apply_seconds.observe(seconds)
+
+    def watchdog_scanned(self, report: ScanReport) -> None:
+        """Told what a watchdog scan of this worker saw."""
+        self.silent_jobs.set(report.silent)
 
     def mongodb_round_trips(self, count: int) -> None:
         """Told how many round trips the store made since the last batch."""

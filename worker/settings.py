@@ -125,6 +125,15 @@ class Settings(BaseSettings):
         Path(tempfile.gettempdir()) / "florist-worker.heartbeat",
         description="file the running worker refreshes; read by the healthcheck command",
     )
+    stale_after_s: float = Field(
+        600.0,
+        ge=0,
+        description="finish an IN_PROGRESS job as FINISHED_WITH_ERROR after its FL server was "
+        "silent this long, in stream time (docs/watchdog.md); 0 turns the watchdog off",
+    )
+    watchdog_interval_s: float = Field(
+        30.0, gt=0, description="period of the watchdog's scan (one worker of the group per period)"
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="port of the Prometheus /metrics endpoint (off if unset)"
     )

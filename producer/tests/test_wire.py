@@ -33,7 +33,12 @@ def test_runs_on_a_supported_python() -> None:
 
 def test_the_names_of_the_wire_format() -> None:
     assert florist_events.SCHEMA_VERSION == 1
-    assert florist_events.EVENT_TYPES == ("server.metrics", "client.metrics", "job.status")
+    assert florist_events.EVENT_TYPES == (
+        "server.metrics",
+        "client.metrics",
+        "job.status",
+        "host.heartbeat",
+    )
     assert florist_events.JOB_STATUSES == (
         "NOT_STARTED",
         "IN_PROGRESS",

@@ -35,6 +35,7 @@ from florist_events.wire import (
     Limits,
     LimitsLike,
     client_metrics_fields,
+    heartbeat_fields,
     server_metrics_fields,
     status_fields,
     stream_from_env,
@@ -263,6 +264,26 @@ class EventPublisher:
                 job_id=job_id,
                 server_uuid=server_uuid,
                 error_message=error_message,
+                limits=self.limits,
+            )
+        )
+
+    def heartbeat(
+        self,
+        host_type: str,
+        *,
+        job_id: str | None = None,
+        server_uuid: str | None = None,
+        client_uuid: str | None = None,
+    ) -> str:
+        """Publish a ``host.heartbeat`` for the job's server (``job_id`` and/or
+        ``server_uuid``) or one client (``client_uuid``, ``job_id`` when known)."""
+        return self.publish_fields(
+            heartbeat_fields(
+                host_type,
+                job_id=job_id,
+                server_uuid=server_uuid,
+                client_uuid=client_uuid,
                 limits=self.limits,
             )
         )

@@ -26,10 +26,13 @@ from florist_events.wire import (
     InvalidEvent,
     LimitsLike,
     client_metrics_fields,
+    heartbeat_fields,
     server_metrics_fields,
 )
 
-__all__ = ["HostType", "StreamMetricsReporter"]
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL_S", "HostType", "StreamMetricsReporter"]
+
+DEFAULT_HEARTBEAT_INTERVAL_S: Final = 30.0
 
 HostType = Literal["server", "client"]
 HOST_TYPES: Final = ("server", "client")
@@ -106,6 +109,15 @@ class StreamMetricsReporter:
     FLorist's reporter wrote it (``json.dumps`` text; non-finite numbers as the strings
     ``"NaN"``, ``"Infinity"``, ``"-Infinity"``), SET in the same MULTI/EXEC as the XADD.
 
+    **Heartbeats.** Once its identity is known, the reporter publishes a small
+    ``host.heartbeat`` event for its host every ``heartbeat_interval_s`` (default 30 s) in
+    which nothing else was published, from a daemon thread: the worker's watchdog finishes
+    a job whose server stays silent (docs/watchdog.md), and a long round must not look
+    like a dead server. The thread never takes the snapshot lock while it talks to Redis
+    (a training loop never waits for it), logs failures and goes on (a Redis outage costs
+    one failed attempt per interval), stops at ``shutdown()``, and is started again in a
+    process that unpickled the reporter. ``heartbeat_interval_s=None`` (or 0) turns it off.
+
     Thread-safe (one lock, held while publishing, so snapshots reach the stream in order)
     and picklable (the lock and the Redis client are made again after unpickling), so it
     can be handed to a ``multiprocessing.Process`` under the spawn start method.
@@ -134,6 +146,7 @@ class StreamMetricsReporter:
         max_retry_interval_s: float = 30.0,
         shutdown_attempts: int = 3,
         shutdown_retry_wait_s: float = 0.5,
+        heartbeat_interval_s: float | None = DEFAULT_HEARTBEAT_INTERVAL_S,
     ) -> None:
         if isinstance(host, EventPublisher):  # this project's form: (publisher, job_id)
             if publisher is not None:
@@ -158,6 +171,8 @@ class StreamMetricsReporter:
             raise ValueError("retry_interval_s and max_retry_interval_s must not be negative")
         if shutdown_attempts < 1 or shutdown_retry_wait_s < 0:
             raise ValueError("need shutdown_attempts >= 1 and shutdown_retry_wait_s >= 0")
+        if heartbeat_interval_s is not None and not heartbeat_interval_s >= 0:
+            raise ValueError("heartbeat_interval_s must be a number of seconds >= 0, or None")
 
         self.florist_form = publisher is None
         if publisher is None:
@@ -202,6 +217,12 @@ class StreamMetricsReporter:
         self._failures = 0
         self._next_attempt = 0.0
         self._warned: set[str] = set()
+        self.heartbeat_interval_s = heartbeat_interval_s or None
+        self.heartbeats_sent = 0
+        self._closed = False  # shutdown() was called: no more heartbeats
+        self._last_publish = time.monotonic()  # of anything, by this reporter
+        self._heartbeat_stop = threading.Event()
+        self._heartbeat_thread: threading.Thread | None = None
 
     # --- who is reporting --------------------------------------------------------------
 
@@ -234,6 +255,7 @@ class StreamMetricsReporter:
                 self._take_run_id(kwargs.get("id"))
                 self.initialized = True
                 self._flush(force=False)
+                self._start_heartbeats()
         except Exception:  # noqa: BLE001 - never raise into the training loop
             _log(logging.ERROR, "reporter_initialize_failed", exc_info=True)
 
@@ -261,11 +283,14 @@ class StreamMetricsReporter:
                         target = rounds[key] = {}
                     self._update(target, data)
                 self._flush(force=False)
+                self._start_heartbeats()
         except Exception:  # noqa: BLE001 - never raise into the training loop
             _log(logging.ERROR, "reporter_report_failed", exc_info=True)
 
     def shutdown(self) -> None:
-        """Publish a pending snapshot: up to ``shutdown_attempts`` tries; never raises."""
+        """Publish a pending snapshot: up to ``shutdown_attempts`` tries; stop the
+        heartbeats; never raises."""
+        self._stop_heartbeats()
         try:
             for attempt in range(self.shutdown_attempts):
                 if attempt:
@@ -307,11 +332,15 @@ class StreamMetricsReporter:
         with self._lock:
             state = dict(self.__dict__)
         del state["_lock"]
+        del state["_heartbeat_stop"]
+        state["_heartbeat_thread"] = None  # threads stay behind; started again when used
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.RLock()
+        self._heartbeat_stop = threading.Event()
+        self._last_publish = time.monotonic()
         self._failures = 0
         self._next_attempt = 0.0  # a monotonic time of another process means nothing here
 
@@ -407,5 +436,76 @@ class StreamMetricsReporter:
         if entry_id is None:
             return False  # only the key: the stream still waits for the identity
         self._settled_text = self._key_text = text
+        self._last_publish = time.monotonic()
         _log(logging.DEBUG, "metrics_published", entry_id=entry_id)
         return True
+
+    # --- heartbeats -------------------------------------------------------------------
+
+    def _start_heartbeats(self) -> None:
+        """Start the heartbeat thread once the reporter can name its host (lock held)."""
+        if self.heartbeat_interval_s is None or self._closed:
+            return
+        if self._heartbeat_thread is not None and self._heartbeat_thread.is_alive():
+            return
+        if self._missing_identity() is not None:
+            return
+        thread = threading.Thread(
+            target=self._heartbeat_loop,
+            name=f"florist-events-heartbeat-{self.run_id or self.job_id}",
+            daemon=True,
+        )
+        self._heartbeat_thread = thread
+        thread.start()
+
+    def _stop_heartbeats(self) -> None:
+        self._closed = True
+        self._heartbeat_stop.set()
+        thread = self._heartbeat_thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=2.0)
+        self._heartbeat_thread = None
+
+    def _heartbeat_loop(self) -> None:
+        interval = self.heartbeat_interval_s or DEFAULT_HEARTBEAT_INTERVAL_S
+        stop = self._heartbeat_stop
+        wait = interval
+        while not stop.wait(wait):
+            try:
+                wait = self._beat(interval)
+            except Exception:  # noqa: BLE001 - a heartbeat must never end the process
+                _log(logging.ERROR, "heartbeat_failed", exc_info=True)
+                wait = interval
+
+    def _beat(self, interval: float) -> float:
+        """Publish a heartbeat if nothing was published for ``interval``; returns how long
+        to wait before the next look."""
+        quiet_for = time.monotonic() - self._last_publish
+        if quiet_for < interval:
+            return max(interval - quiet_for, 0.01)
+        with self._lock:  # only to read the identity; Redis is talked to without it
+            if self._closed or self._missing_identity() is not None:
+                return interval
+            host_type = self.host_type or "server"
+            if host_type == "server":
+                fields = heartbeat_fields(
+                    "server", job_id=self.job_id, server_uuid=self.run_id, limits=self.limits
+                )
+            else:
+                fields = heartbeat_fields(
+                    "client", job_id=self.job_id, client_uuid=self.run_id, limits=self.limits
+                )
+        try:
+            entry_id = self.publisher.publish_fields(fields)
+        except Exception as error:  # noqa: BLE001 - Redis down, timeouts, anything
+            _log(
+                logging.WARNING,
+                "heartbeat_publish_failed",
+                error=f"{type(error).__name__}: {error}",
+            )
+            self._last_publish = time.monotonic()  # the next attempt one interval later
+            return interval
+        self.heartbeats_sent += 1
+        self._last_publish = time.monotonic()
+        _log(logging.DEBUG, "heartbeat_published", entry_id=entry_id)
+        return interval

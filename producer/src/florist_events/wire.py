@@ -4,7 +4,7 @@ An event is one Redis stream entry of flat text fields:
 
 ==================  ==========================================================================
 ``v``               schema version, ``"1"``
-``type``            ``server.metrics``, ``client.metrics`` or ``job.status``
+``type``            ``server.metrics``, ``client.metrics``, ``job.status`` or ``host.heartbeat``
 ``job_id``          the Job document's ``_id``. Optional since the uuid addition: a
                     ``server.metrics`` or ``job.status`` entry may name its job by
                     ``server_uuid`` instead, a ``client.metrics`` entry by ``client_uuid``
@@ -13,6 +13,7 @@ An event is one Redis stream entry of flat text fields:
 ``client_uuid``     ``ClientInfo.uuid`` of the reporting client; required for client.metrics
 ``metrics``         JSON text of an object: the reporter's whole current snapshot
 ``status``          a ``JobStatus`` value (job.status)
+``host_type``       ``server`` or ``client`` (host.heartbeat): whose liveness it reports
 ``error_message``   optional, job.status: why a job finished with an error
 ``sent_at``         optional: the producer's clock, ISO 8601
 ``origin_id``       set only when a dead letter is requeued: the entry ID it had first
@@ -47,6 +48,7 @@ __all__ = [
     "EVENT_TYPES",
     "FIELD_CLIENT_UUID",
     "FIELD_ERROR_MESSAGE",
+    "FIELD_HOST_TYPE",
     "FIELD_JOB_ID",
     "FIELD_METRICS",
     "FIELD_ORIGIN_ID",
@@ -55,6 +57,8 @@ __all__ = [
     "FIELD_STATUS",
     "FIELD_TYPE",
     "FIELD_VERSION",
+    "HOST_HEARTBEAT",
+    "HOST_TYPES",
     "JOB_STATUS",
     "JOB_STATUSES",
     "SCHEMA_VERSION",
@@ -66,6 +70,7 @@ __all__ = [
     "check_entry",
     "client_metrics_fields",
     "entry_size",
+    "heartbeat_fields",
     "server_metrics_fields",
     "status_fields",
     "stream_from_env",
@@ -77,7 +82,11 @@ SCHEMA_VERSION: Final = 1
 SERVER_METRICS: Final = "server.metrics"
 CLIENT_METRICS: Final = "client.metrics"
 JOB_STATUS: Final = "job.status"
-EVENT_TYPES: Final = (SERVER_METRICS, CLIENT_METRICS, JOB_STATUS)
+# Added after v1 (same version: an optional event type). A worker that predates it
+# dead-letters it as `invalid` (kept, requeueable): upgrade the workers first.
+HOST_HEARTBEAT: Final = "host.heartbeat"
+EVENT_TYPES: Final = (SERVER_METRICS, CLIENT_METRICS, JOB_STATUS, HOST_HEARTBEAT)
+HOST_TYPES: Final = ("server", "client")
 
 # FLorist's JobStatus values, in its order.
 JOB_STATUSES: Final = ("NOT_STARTED", "IN_PROGRESS", "FINISHED_WITH_ERROR", "FINISHED_SUCCESSFULLY")
@@ -92,6 +101,7 @@ FIELD_STATUS: Final = "status"
 FIELD_ERROR_MESSAGE: Final = "error_message"
 FIELD_SENT_AT: Final = "sent_at"
 FIELD_ORIGIN_ID: Final = "origin_id"
+FIELD_HOST_TYPE: Final = "host_type"
 
 DEFAULT_STREAM: Final = "florist:events"
 STREAM_ENV: Final = "FLORIST_STREAM"
@@ -215,6 +225,15 @@ def _check_present_not_empty(fields: Mapping[str, str], name: str) -> bool:
 
 
 def _check_identity(fields: Mapping[str, str], event_type: str) -> None:
+    if event_type == HOST_HEARTBEAT:
+        if FIELD_HOST_TYPE not in fields:
+            raise InvalidEvent(f"missing field 'host_type' (required for {event_type})")
+        host_type = fields[FIELD_HOST_TYPE]
+        if host_type not in HOST_TYPES:
+            raise InvalidEvent(f"field 'host_type' must be 'server' or 'client', got {host_type!r}")
+        event_type = CLIENT_METRICS if host_type == "client" else SERVER_METRICS
+        _check_identity(fields, event_type)
+        return
     has_job = _check_present_not_empty(fields, FIELD_JOB_ID)
     if event_type == CLIENT_METRICS:
         if not _check_present_not_empty(fields, FIELD_CLIENT_UUID):
@@ -277,7 +296,7 @@ def check_entry(fields: Mapping[Any, Any], limits: LimitsLike | None = None) -> 
         if FIELD_METRICS not in decoded:
             raise InvalidEvent(f"missing field 'metrics' (required for {event_type})")
         _check_metrics_text(decoded[FIELD_METRICS], limits.max_metrics_depth)
-    else:
+    elif event_type == JOB_STATUS:
         if FIELD_STATUS not in decoded:
             raise InvalidEvent(f"missing field 'status' (required for {event_type})")
         status = decoded[FIELD_STATUS]
@@ -458,3 +477,37 @@ def _server_identity(job_id: Any, server_uuid: Any) -> dict[str, str]:
     if not identity:
         raise InvalidEvent("missing field 'job_id' or 'server_uuid' (one is required)")
     return identity
+
+
+def heartbeat_fields(
+    host_type: str,
+    *,
+    job_id: str | None = None,
+    server_uuid: str | None = None,
+    client_uuid: str | None = None,
+    limits: LimitsLike | None = None,
+    sent_at: str | None = None,
+) -> dict[str, str]:
+    """A ``host.heartbeat`` entry: "this host is alive", named like its metrics events (a
+    server by ``job_id`` and/or ``server_uuid``; a client by ``client_uuid``, ``job_id``
+    when it knows it). It never changes metrics; the worker records its time."""
+    limits = limits or Limits()
+    try:
+        if host_type not in HOST_TYPES:
+            raise InvalidEvent(f"field 'host_type' must be 'server' or 'client', got {host_type!r}")
+        fields = {FIELD_TYPE: HOST_HEARTBEAT, FIELD_HOST_TYPE: host_type}
+        if host_type == "server":
+            fields.update(_server_identity(job_id, server_uuid))
+        else:
+            checked_job = _optional_text(job_id, FIELD_JOB_ID)
+            if checked_job is not None:
+                fields[FIELD_JOB_ID] = checked_job
+            checked_client = _optional_text(client_uuid, FIELD_CLIENT_UUID)
+            if checked_client is None:
+                raise InvalidEvent(
+                    "missing field 'client_uuid' (required for a client's heartbeat)"
+                )
+            fields[FIELD_CLIENT_UUID] = checked_client
+    except InvalidEvent as error:
+        raise _context(HOST_HEARTBEAT, error) from None
+    return _finish(fields, limits, sent_at)
