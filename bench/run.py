@@ -2,7 +2,7 @@
 store, on a private redis-server and the in-memory MongoDB behind a modelled network
 (a fixed delay per MongoDB round trip); judge the targets of issues 6 and 13.
 
-    python bench/run.py            # the full benchmark (about 15 minutes)
+    python bench/run.py            # the full benchmark (about 9 minutes on 2 cores)
     python bench/run.py --quick    # small sizes, under a minute: a smoke run, not figures
     python bench/run.py --profile A-steady   # one run under pyinstrument, nothing else
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
@@ -14,11 +17,21 @@ import redis
 from pymongo.database import Database
 
 from tests.redis_server import free_port
+from worker import stats as stats_module
 from worker.commands import stats as stats_command
 from worker.consumer import Worker
 from worker.entities import JOB_COLLECTION
+from worker.errors import Misconfigured
+from worker.producer import EventPublisher
 from worker.settings import Settings
-from worker.stats import EntryMark, collect_stats, count_dead_reasons, render_stats
+from worker.stats import (
+    EntryMark,
+    JobsStats,
+    collect_jobs,
+    collect_stats,
+    count_dead_reasons,
+    render_stats,
+)
 
 STREAM = "florist:events"
 GROUP = "florist-worker"
@@ -37,6 +50,13 @@ def run_command(module: ModuleType, argv: list[str]) -> int:
     arguments = parser.parse_args(argv)
     code: int = arguments.handler(arguments)
     return code
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_mongodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command reads jobs from FLORIST_MONGODB_URI: the in-memory one (empty) unless a
+    test says otherwise, so no test waits for a MongoDB that is not there."""
+    monkeypatch.setenv("FLORIST_MONGODB_URI", "memory://")
 
 
 def publish(client: redis.Redis, entries: list[dict[str, str]]) -> list[str]:
@@ -353,3 +373,386 @@ def test_watch_keeps_going_when_redis_fails(capsys: pytest.CaptureFixture[str]) 
     assert len(sleep.calls) == 2
     assert out.getvalue() == ""
     assert capsys.readouterr().err.count("did not answer") == 2
+
+
+# -- IN_PROGRESS jobs and the silence of their hosts (MongoDB) ---------------------------
+
+LIMIT_S = 600.0
+
+
+def redis_ms(client: redis.Redis) -> int:
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+def liveness_job(
+    job_id: str,
+    server_ms: int | None,
+    clients: dict[str, int | None],
+    status: str = "IN_PROGRESS",
+) -> dict[str, Any]:
+    document: dict[str, Any] = {"_id": job_id, "status": status, "clients_info": []}
+    if server_ms is not None:
+        document["server_last_event_ms"] = server_ms
+    for uuid, last in clients.items():
+        member: dict[str, Any] = {"uuid": uuid}
+        if last is not None:
+            member["last_event_ms"] = last
+        document["clients_info"].append(member)
+    return document
+
+
+def caught_up_group(client: redis.Redis) -> None:
+    client.xadd(STREAM, {"n": "1"})
+    client.xgroup_create(STREAM, GROUP, id="$")
+
+
+def test_jobs_show_the_age_of_each_host_and_flag_near_and_over(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    caught_up_group(real_redis)
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_many(
+        [
+            liveness_job("fresh", now - 5_000, {"c-fresh": now - 1_000, "c-never": None}),
+            liveness_job("near", now - 400_000, {"c-silent": now - 700_000}),
+            liveness_job("over", now - 700_000, {}),
+            liveness_job("unheard", None, {"c-1": now - 2_000}),
+            liveness_job("done", now - 900_000, {}, status="FINISHED_SUCCESSFULLY"),
+        ]
+    )
+
+    jobs = collect_jobs(real_redis, database, settings_for(redis_url, stale_after_s=LIMIT_S))
+
+    assert jobs.available and jobs.error is None
+    assert jobs.group_exists is True
+    assert (jobs.stale_after_s, jobs.near_after_s) == (600.0, 300.0)
+    assert jobs.horizon_ms is not None and jobs.horizon_ms >= now  # caught up: Redis's clock
+    assert jobs.behind_s == 0
+    assert (jobs.in_progress, jobs.near_limit, jobs.over_limit) == (4, 2, 1)
+    assert jobs.without_server_event == 1
+    # the most silent servers first; a job without a server event before the live ones
+    assert [job.job_id for job in jobs.jobs] == ["over", "near", "unheard", "fresh"]
+    by_id = {job.job_id: job for job in jobs.jobs}
+    assert [by_id[i].state for i in ("over", "near", "unheard", "fresh")] == [
+        "over",
+        "near",
+        "never",
+        "ok",
+    ]
+    over = by_id["over"].server
+    assert over.last_event_ms == now - 700_000
+    assert over.age_s is not None and 700 <= over.age_s < 710
+    assert over.last_event == datetime.fromtimestamp((now - 700_000) / 1000, UTC)
+    fresh = by_id["fresh"]
+    assert fresh.server.age_s is not None and 5 <= fresh.server.age_s < 15
+    assert [(c.name, c.state) for c in fresh.clients] == [("c-fresh", "ok"), ("c-never", "never")]
+    assert fresh.clients[1].age_s is None and fresh.clients[1].last_event_ms is None
+    # a silent client is flagged, but it does not make the job's state: the server decides
+    assert by_id["near"].clients[0].state == "over" and by_id["near"].state == "near"
+    assert by_id["unheard"].server.age_s is None
+    assert by_id["unheard"].clients[0].state == "ok"
+
+
+def test_job_ages_are_measured_where_the_group_has_consumed_to(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    """A backlog holds the horizon back: a server whose last event was just before the
+    oldest undelivered entry is not silent, however old that entry is."""
+    now = redis_ms(real_redis)
+    backlog_ms = now - 3_600_000  # workers were down for an hour
+    real_redis.xadd(STREAM, {"n": "1"}, id=f"{backlog_ms - 20_000}-0")
+    real_redis.xgroup_create(STREAM, GROUP, id="$")  # that one consumed
+    real_redis.xadd(STREAM, {"n": "2"}, id=f"{backlog_ms}-0")  # then nothing read
+    database[JOB_COLLECTION].insert_one(liveness_job("backlogged", backlog_ms - 10_000, {}))
+
+    jobs = collect_jobs(real_redis, database, settings_for(redis_url, stale_after_s=LIMIT_S))
+
+    assert jobs.horizon_ms == backlog_ms
+    assert jobs.behind_s is not None and 3_600 <= jobs.behind_s < 3_610
+    (job,) = jobs.jobs
+    assert job.state == "ok" and job.server.age_s == 10.0
+    text = "\n".join(stats_module.render_jobs(jobs))
+    assert "as far as the group has consumed, 1.0 h behind Redis's clock" in text
+
+
+def test_without_a_group_job_ages_are_against_redis_clock(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_one(liveness_job("j", now - 20_000, {}))
+
+    jobs = collect_jobs(real_redis, database, settings_for(redis_url, stale_after_s=30))
+
+    assert jobs.group_exists is False
+    assert jobs.horizon_ms is not None and jobs.horizon_ms >= now
+    assert [job.state for job in jobs.jobs] == ["near"]
+    assert "Redis's clock (no consumer group yet)" in "\n".join(stats_module.render_jobs(jobs))
+
+
+def test_with_the_watchdog_off_jobs_show_ages_only(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_one(liveness_job("j", now - 9_000_000, {"c": now}))
+
+    jobs = collect_jobs(real_redis, database, settings_for(redis_url, stale_after_s=0))
+
+    assert (jobs.near_limit, jobs.over_limit) == (0, 0)
+    assert [job.state for job in jobs.jobs] == ["ok"]
+    text = "\n".join(stats_module.render_jobs(jobs))
+    assert "watchdog off (FLORIST_STALE_AFTER_S=0): ages only" in text
+    assert "near the" not in text and "OVER" not in text
+
+
+def test_liveness_written_by_the_worker_is_what_stats_reads(
+    real_redis: redis.Redis,
+    redis_url: str,
+    database: Database[Any],
+    job_document: dict[str, Any],
+) -> None:
+    job_id = job_document["_id"]
+    database[JOB_COLLECTION].insert_one(job_document)
+    publisher = EventPublisher(real_redis, STREAM)
+    publisher.status(job_id, "IN_PROGRESS")
+    publisher.publish_fields(
+        {"v": "1", "type": "host.heartbeat", "host_type": "server", "job_id": job_id}
+    )
+    settings = settings_for(redis_url, stale_after_s=LIMIT_S)
+    Worker(real_redis, database, settings).drain()
+
+    jobs = collect_jobs(real_redis, database, settings)
+
+    (job,) = jobs.jobs
+    assert job.job_id == job_id and job.state == "ok"
+    assert job.server.age_s is not None and job.server.age_s < 5
+    assert [client.name for client in job.clients] == [
+        client["uuid"] for client in job_document["clients_info"]
+    ]
+    assert {client.state for client in job.clients} == {"never"}
+
+
+def test_rendered_jobs_name_each_host_and_flag_the_silent_ones(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    caught_up_group(real_redis)
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_many(
+        [
+            liveness_job("j-over", now - 720_000, {"c-a": now - 3_000, "c-b": None}),
+            liveness_job("j-near", now - 330_000, {}),
+            liveness_job("j-none", None, {}),
+        ]
+    )
+    settings = settings_for(redis_url, stale_after_s=LIMIT_S)
+    stats = collect_stats(real_redis, settings)
+    text = render_stats(replace(stats, jobs=collect_jobs(real_redis, database, settings)))
+
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("IN_PROGRESS jobs in"))
+    assert lines[start] == (
+        "IN_PROGRESS jobs in memory:// (database florist-server): 3, "
+        "2 near the silence limit, 1 over it"
+    )
+    assert lines[start + 1] == "  silence limit 600 s (FLORIST_STALE_AFTER_S), near from 300 s"
+    assert lines[start + 2].startswith("  ages at ")
+    assert lines[start + 3].startswith("  job j-over: server 12.0 min ago OVER the limit | ")
+    assert "client c-a 3.0 s ago | client c-b never heard from" in lines[start + 3]
+    assert lines[start + 4] == "  job j-near: server 5.5 min ago near the limit"
+    assert lines[start + 5] == (
+        "  job j-none: server no event yet (the watchdog times it from when it first sees the job)"
+    )
+
+
+def test_the_text_block_lists_a_bounded_number_of_jobs() -> None:
+    jobs = JobsStats(
+        database="memory:// (database d)",
+        available=True,
+        stale_after_s=10,
+        near_after_s=5,
+        in_progress=3,
+        jobs=tuple(
+            stats_module.JobSilence(
+                f"j{n}", "ok", stats_module.HostSilence("server", 1, None, 1.0, "ok"), ()
+            )
+            for n in range(3)
+        ),
+    )
+    lines = stats_module.render_jobs(jobs, shown=2)
+    assert [line for line in lines if line.startswith("  job ")] == [
+        "  job j0: server 1.0 s ago",
+        "  job j1: server 1.0 s ago",
+    ]
+    assert lines[-1] == "  ... and 1 more (--json lists them all)"
+
+
+def unreachable_database(uri: str | None = None) -> Any:
+    import pymongo
+
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        uri or f"mongodb://127.0.0.1:{free_port()}", connect=False
+    )
+    return client["florist-server"]
+
+
+def test_an_unreachable_mongodb_is_reported_not_raised(
+    real_redis: redis.Redis, redis_url: str
+) -> None:
+    port = free_port()
+    uri = f"mongodb://reader:s3cret@127.0.0.1:{port}"
+    database = unreachable_database(uri)
+    started = time.monotonic()
+    try:
+        jobs = collect_jobs(
+            real_redis, database, settings_for(redis_url, mongodb_uri=uri), timeout_s=0.3
+        )
+    finally:
+        database.client.close()
+
+    assert time.monotonic() - started < 5  # the timeout, not pymongo's 30 s default
+    assert jobs.available is False and jobs.jobs == ()
+    assert jobs.error is not None
+    assert jobs.error.startswith(
+        f"MongoDB at mongodb://reader:***@127.0.0.1:{port} (database florist-server) did not "
+        "answer within 0.3 s (ServerSelectionTimeoutError: "
+    )
+    assert "s3cret" not in jobs.error
+    assert "\n" not in jobs.error and "Topology" not in jobs.error
+
+
+def quick_jobs(monkeypatch: pytest.MonkeyPatch, database: Any) -> None:
+    """The command reads ``database`` with a short MongoDB timeout."""
+    monkeypatch.setattr(stats_command, "connect_database", lambda settings: database)
+    monkeypatch.setattr(
+        stats_command, "collect_jobs", functools.partial(collect_jobs, timeout_s=0.3)
+    )
+
+
+def test_stats_command_without_mongodb_keeps_the_redis_part_and_exits_0(
+    real_redis: redis.Redis,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    publish(real_redis, [{"n": "1"}])
+    quick_jobs(monkeypatch, unreachable_database())
+
+    code = run_command(stats_command, ["stats", "--redis-url", redis_url])
+
+    captured = capsys.readouterr()
+    assert code == 0
+    assert f"stream {STREAM}: 1 entries" in captured.out
+    assert f"dead letters {DEAD}: 0" in captured.out
+    (line,) = [line for line in captured.out.splitlines() if "MongoDB" in line]
+    assert line.startswith("IN_PROGRESS jobs not shown: MongoDB at ")
+    assert "did not answer within 0.3 s" in line
+    assert captured.err == ""
+
+
+def test_stats_command_json_without_mongodb(
+    real_redis: redis.Redis,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    quick_jobs(monkeypatch, unreachable_database())
+
+    code = run_command(stats_command, ["stats", "--json", "--redis-url", redis_url])
+
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert data["stream_exists"] is False  # the Redis part, as before
+    assert data["jobs"]["available"] is False
+    assert "did not answer within 0.3 s" in data["jobs"]["error"]
+    assert data["jobs"]["jobs"] == []
+
+
+def test_stats_command_json_lists_the_jobs(
+    real_redis: redis.Redis,
+    redis_url: str,
+    database: Database[Any],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caught_up_group(real_redis)
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_one(liveness_job("j", now - 40_000, {"c": now - 1_000}))
+    quick_jobs(monkeypatch, database)
+
+    code = run_command(
+        stats_command, ["stats", "--json", "--redis-url", redis_url, "--stale-after-s", "60"]
+    )
+
+    data = json.loads(capsys.readouterr().out)
+    assert code == 0
+    jobs = data["jobs"]
+    assert jobs["available"] is True and jobs["error"] is None
+    assert (jobs["stale_after_s"], jobs["near_after_s"]) == (60.0, 30.0)
+    assert (jobs["in_progress"], jobs["near_limit"], jobs["over_limit"]) == (1, 1, 0)
+    assert datetime.fromisoformat(jobs["horizon"]).tzinfo is not None
+    (job,) = jobs["jobs"]
+    assert job["job_id"] == "j" and job["state"] == "near"
+    assert job["server"]["name"] == "server"
+    assert job["server"]["last_event_ms"] == now - 40_000
+    assert 40 <= job["server"]["age_s"] < 50
+    assert datetime.fromisoformat(job["server"]["last_event"]).tzinfo is not None
+    assert [(c["name"], c["state"]) for c in job["clients"]] == [("c", "ok")]
+
+
+def test_stats_command_on_the_in_memory_database_shows_no_jobs(
+    real_redis: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_command(stats_command, ["stats", "--redis-url", redis_url])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "IN_PROGRESS jobs in memory:// (database florist-server): 0" in out
+
+
+def test_stats_command_when_no_mongodb_client_can_be_built(
+    real_redis: redis.Redis,
+    redis_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(settings: Settings) -> Any:
+        raise Misconfigured("FLORIST_MONGODB_URI=memory:// needs the in-memory database")
+
+    monkeypatch.setattr(stats_command, "connect_database", refuse)
+
+    code = run_command(stats_command, ["stats", "--redis-url", redis_url])
+
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"stream {STREAM}: missing" in out
+    assert out.rstrip().splitlines()[-1] == (
+        "IN_PROGRESS jobs not shown: FLORIST_MONGODB_URI=memory:// needs the in-memory database"
+    )
+
+
+def test_watch_shows_the_jobs_at_every_refresh(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    now = redis_ms(real_redis)
+    database[JOB_COLLECTION].insert_one(liveness_job("j", now, {}))
+    out = io.StringIO()
+
+    code = stats_command.watch(
+        real_redis,
+        settings_for(redis_url),
+        1,
+        as_json=True,
+        out=out,
+        sleep=Interrupts(after=2),
+        database=database,
+    )
+
+    assert code == 0
+    snapshots = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [[job["job_id"] for job in s["jobs"]["jobs"]] for s in snapshots] == [["j"], ["j"]]
+
+
+def test_redis_only_callers_get_no_jobs(real_redis: redis.Redis, redis_url: str) -> None:
+    stats = collect_stats(real_redis, settings_for(redis_url))
+    assert stats.jobs is None and stats.to_dict()["jobs"] is None
+    assert "IN_PROGRESS" not in render_stats(stats)

@@ -43,7 +43,9 @@ from worker.store import (
     MongoJobStore,
     StoreUnavailable,
     check_configuration,
+    outcome_of,
     outcomes_of,
+    takes_batches,
 )
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
 from worker.watchdog import ScanReport, Watchdog
@@ -143,7 +145,11 @@ class Worker:
         self._redis_ok = True
         self._store_ok = True
         self._announced: set[str] = set()
-        self._round_trips_reported = 0  # entries whose retry was logged at info once
+        self._round_trips_reported = 0
+        # Outcomes of writes applied before an outage cut their confirmation short.
+        self._labels: dict[
+            str, tuple[Outcome, str]
+        ] = {}  # entries whose retry was logged at info once
 
     # -- public surface -------------------------------------------------------------
 
@@ -355,13 +361,35 @@ class Worker:
             for item in to_apply
             if item.event is not None and item.position is not None
         ]
-        outcomes = outcomes_of(self.store, events)
-        for item, (outcome, reason) in zip(to_apply, outcomes, strict=True):
-            if outcome is Outcome.STORE_ERROR:
-                log.error("MongoDB refused an entry", id=item.entry.id, error=reason)
-            elif outcome is Outcome.INTERNAL_ERROR:
-                log.error("handling an entry failed unexpectedly", id=item.entry.id, error=reason)
-            done[item.entry.id] = (outcome, reason)
+        if takes_batches(self.store, len(events)):
+            try:
+                outcomes = outcomes_of(self.store, events)
+            except StoreUnavailable as outage:
+                if outage.outcomes is not None:  # applied, confirmation pending: keep labels
+                    if len(self._labels) > 100_000:
+                        self._labels.clear()
+                    for item, decision in zip(to_apply, outage.outcomes, strict=True):
+                        self._labels[item.entry.id] = decision
+                raise
+            for item, decision in zip(to_apply, outcomes, strict=True):
+                earlier = self._labels.pop(item.entry.id, None)
+                if earlier is not None and decision[0] is Outcome.DUPLICATE:
+                    decision = earlier  # the retry found the write it had applied itself
+                self._decided(item, decision, done)
+        else:  # one by one: an outage part-way keeps what was decided before it
+            for item, (event, position) in zip(to_apply, events, strict=True):
+                self._decided(item, outcome_of(self.store, event, position), done)
+
+    @staticmethod
+    def _decided(
+        item: Planned, decision: tuple[Outcome, str], done: dict[str, tuple[Outcome, str]]
+    ) -> None:
+        outcome, reason = decision
+        if outcome is Outcome.STORE_ERROR:
+            log.error("MongoDB refused an entry", id=item.entry.id, error=reason)
+        elif outcome is Outcome.INTERNAL_ERROR:
+            log.error("handling an entry failed unexpectedly", id=item.entry.id, error=reason)
+        done[item.entry.id] = decision
 
     def _record(
         self,

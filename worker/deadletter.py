@@ -67,11 +67,31 @@ class DeadLetterEntry:
         """The entry's field map exactly as it was received (see :mod:`worker.letters`)."""
         return original_fields(self.raw)
 
-    def requeued_fields(self, token: str) -> dict[bytes, bytes]:
+    @property
+    def claimed_origin(self) -> str | None:
+        """An ``origin_id`` the entry carried that no requeue record vouched for (an entry
+        requeued by a version before the records, or a forgery), if it is a stream ID
+        before the position the letter keeps; ``None`` otherwise."""
+        raw = self.raw.get(b"dead_field:origin_id")
+        kept = self.origin_id
+        if raw is None or kept is None:
+            return None
+        try:
+            claimed = canonical_id(_text(raw))
+        except InvalidStreamId:
+            return None
+        return claimed if StreamPosition.parse(claimed) < StreamPosition.parse(kept) else None
+
+    def requeued_fields(
+        self, token: str, *, vouch_claimed_origin: bool = False
+    ) -> dict[bytes, bytes]:
         """The entry as it goes back on the events stream: the original fields, with
-        ``origin_id`` (the first position) and the ``requeue_token`` vouching for it."""
+        ``origin_id`` (the first position: the one the letter keeps, or with
+        ``vouch_claimed_origin`` the :attr:`claimed_origin`) and the ``requeue_token``
+        vouching for it."""
         fields = self.original_fields()
-        fields[b"origin_id"] = (self.origin_id or self.id).encode()
+        origin = self.claimed_origin if vouch_claimed_origin else None
+        fields[b"origin_id"] = (origin or self.origin_id or self.id).encode()
         fields[b"requeue_token"] = token.encode()
         return fields
 
@@ -227,9 +247,28 @@ def _selected_pages(
 
 
 def requeue_letters(
-    redis_client: redis.Redis, letters: Sequence[DeadLetterEntry], settings: Settings
+    redis_client: redis.Redis,
+    letters: Sequence[DeadLetterEntry],
+    settings: Settings,
+    *,
+    vouch_claimed_origin: bool = False,
 ) -> list[str]:
-    """Move ``letters`` to the end of the events stream in one MULTI/EXEC; new IDs."""
+    """Move ``letters`` to the end of the events stream in one MULTI/EXEC; new IDs.
+
+    A letter with an unvouched :attr:`~DeadLetterEntry.claimed_origin` is left where it
+    is (with a warning) unless ``vouch_claimed_origin``: requeued at its own later ID,
+    an old snapshot could overwrite a newer one; requeued at the claimed ID, a forgery
+    would be honoured. Only an operator who knows which it is can choose."""
+    held = [letter for letter in letters if letter.claimed_origin and not vouch_claimed_origin]
+    for letter in held:
+        log.warning(
+            "dead letter not requeued: it claims an origin_id no requeue record vouched for "
+            "(requeued by an older version, or forged); requeue it with --vouch-origin to "
+            "keep that first position, or drop it",
+            id=letter.id,
+            claimed_origin=letter.claimed_origin,
+        )
+    letters = [letter for letter in letters if letter not in held]
     if not letters:
         return []
     check_client_names(redis_client, settings.stream, settings.dead_stream, settings.redis_cluster)
@@ -237,7 +276,7 @@ def requeue_letters(
     records_key = requeues.records_key(settings.stream)
     for letter in letters:
         token = requeues.new_token()
-        fields: Any = letter.requeued_fields(token)
+        fields: Any = letter.requeued_fields(token, vouch_claimed_origin=vouch_claimed_origin)
         pipe.hset(records_key, token, fields[b"origin_id"])
         pipe.xadd(settings.stream, fields)
         pipe.xdel(settings.dead_stream, letter.id)
@@ -261,13 +300,18 @@ def requeue(
     *,
     reason: str | None = None,
     settings: Settings | None = None,
+    vouch_claimed_origin: bool = False,
 ) -> int:
     """Put dead letters back on the events stream (``None`` ids: all of them, or all of
-    one ``reason``); returns how many were requeued. Unknown IDs are skipped."""
+    one ``reason``); returns how many were requeued. Unknown IDs are skipped, and so are
+    letters with an unvouched claimed ``origin_id`` unless ``vouch_claimed_origin``
+    (see :func:`requeue_letters`)."""
     settings = settings or Settings()
     moved = 0
     for page in _selected_pages(redis_client, ids, reason, settings):
-        moved += len(requeue_letters(redis_client, page, settings))
+        moved += len(
+            requeue_letters(redis_client, page, settings, vouch_claimed_origin=vouch_claimed_origin)
+        )
     return moved
 
 

@@ -12,6 +12,14 @@ show progress.
 The demo never touches anyone's events: it writes to a stream, group and dead-letter
 stream of its own (:meth:`DemoNames.fresh`) and deletes them when it ends, whatever
 happens.
+
+With ``kill_server`` (``florist-worker demo --kill-server``) the FL server process "dies"
+mid-run (:func:`kill_point`): its reporter stops publishing and its heartbeat thread
+stops, so no ``fit_end`` ever comes, while the clients' processes live on (they wait for
+the server and keep sending heartbeats). The worker's watchdog then finishes the job as
+``FINISHED_WITH_ERROR`` with its silence message, in a few seconds: the limits are
+shortened for this demo only (:data:`KILL_STALE_AFTER_S`,
+:data:`KILL_WATCHDOG_INTERVAL_S`, :data:`KILL_HEARTBEAT_INTERVAL_S`).
 """
 
 from __future__ import annotations
@@ -33,15 +41,20 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from worker.consumer import Worker
+from worker.effects import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.events import CLIENT_METRICS, JOB_STATUS, SERVER_METRICS
 from worker.outcomes import Outcome
 from worker.producer import EventPublisher, StreamMetricsReporter
 from worker.samples import load_job_document, load_run_events
 from worker.settings import Settings
+from worker.watchdog import consumed_horizon, job_liveness, lock_key, redis_now_ms
 
 __all__ = [
     "DEFAULT_PACE_S",
+    "KILL_HEARTBEAT_INTERVAL_S",
+    "KILL_STALE_AFTER_S",
+    "KILL_WATCHDOG_INTERVAL_S",
     "SERVER",
     "DemoNames",
     "DemoResult",
@@ -49,6 +62,8 @@ __all__ = [
     "ReportStep",
     "StatusStep",
     "current_round",
+    "kill_point",
+    "kill_settings",
     "plan_steps",
     "read_progress",
     "run_demo",
@@ -59,6 +74,12 @@ __all__ = [
 SERVER: Final = "server"
 DEFAULT_PACE_S: Final = 0.15  # 38 steps: about 6 s, slow enough to watch
 SLACK_S: Final = 20.0  # beyond the pauses, before the demo gives up waiting on the worker
+# --kill-server, for the demo only: the production defaults are 600 s, 30 s and 30 s.
+KILL_STALE_AFTER_S: Final = 2.0  # FLORIST_STALE_AFTER_S
+KILL_WATCHDOG_INTERVAL_S: Final = 0.5  # FLORIST_WATCHDOG_INTERVAL_S
+KILL_HEARTBEAT_INTERVAL_S: Final = 0.5  # the reporters' heartbeat_interval_s
+KILL_SLACK_S: Final = 10.0  # beyond the limit, before the demo stops waiting for the watchdog
+WATCHDOG_MESSAGE_START: Final = "no event from the FL server since "
 _SCORE_WORDS: Final = ("loss", "accuracy")
 
 
@@ -127,10 +148,17 @@ class DemoResult:
     events: int = 0
     dead_letters: list[dict[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    killed_at_step: int | None = None  # --kill-server: the step at which the server died
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def error_message(self) -> str | None:
+        """The final document's ``error_message`` (the watchdog's, with --kill-server)."""
+        message = None if self.document is None else self.document.get("error_message")
+        return message if isinstance(message, str) else None
 
 
 # -- planning the producers' calls ---------------------------------------------------
@@ -192,6 +220,16 @@ def plan_steps(events: Iterable[Mapping[str, Any]]) -> list[Step]:
             steps.append(ReportStep(host, data, round_number))
         snapshots[host] = metrics
     return steps
+
+
+def kill_point(steps: Sequence[Step]) -> int:
+    """Where ``--kill-server`` kills the server: at its first step in the second half of
+    the run (in the sample, before it ends round 2's fit: the clients have sent theirs)."""
+    middle = len(steps) // 2
+    for number, step in enumerate(steps):
+        if number >= middle and isinstance(step, ReportStep) and step.host == SERVER:
+            return number
+    return len(steps)
 
 
 def _refuse_dropped(previous: Mapping[str, Any], current: Mapping[str, Any], where: str) -> None:
@@ -293,6 +331,8 @@ def summary_lines(result: DemoResult) -> list[str]:
         return [f"job {result.job_id}: no document found"]
     lines = [f"final job document {result.job_id}:", f"  status   {document.get('status')}"]
     lines += [f"  {_host_line(label, text)}" for label, text in _hosts(document)]
+    if isinstance(document.get("error_message"), str):
+        lines.append(f"  error    {document['error_message']}")
     server_keys = ", ".join(_metrics(document.get("server_metrics"))) or "(none)"
     lines.append(f"  last server metrics keys: {server_keys}")
     outcomes = ", ".join(f"{name} {n}" for name, n in sorted(result.counts.items())) or "none"
@@ -320,6 +360,16 @@ def demo_settings(names: DemoNames, **overrides: Any) -> Settings:
     return Settings(**values)
 
 
+def kill_settings(names: DemoNames, **overrides: Any) -> Settings:
+    """:func:`demo_settings` with the watchdog's limits shortened for ``--kill-server``."""
+    values: dict[str, Any] = {
+        "stale_after_s": KILL_STALE_AFTER_S,
+        "watchdog_interval_s": KILL_WATCHDOG_INTERVAL_S,
+    }
+    values.update(overrides)
+    return demo_settings(names, **values)
+
+
 def run_demo(
     redis_client: redis.Redis,
     database: Database[Any],
@@ -331,6 +381,7 @@ def run_demo(
     deadline_s: float | None = None,
     out: TextIO,
     sleep: Callable[[float], None] = time.sleep,
+    kill_server: bool = False,
 ) -> DemoResult:
     """Create the sample job, play its run through the producers, apply it, summarize.
 
@@ -342,9 +393,14 @@ def run_demo(
     stops it after ``deadline_s`` (default: the pauses plus :data:`SLACK_S`) and reports
     that instead of hanging. The demo's stream and dead-letter stream are deleted at
     the end (and the job document too with ``remove_job``), also when something fails.
+
+    With ``kill_server`` the server dies at :func:`kill_point`, and the demo waits for the
+    worker's watchdog (scanning every ``settings.watchdog_interval_s``) to finish the job;
+    it succeeds when the job ends ``FINISHED_WITH_ERROR`` with the watchdog's message.
+    ``settings`` should then have short limits (default: :func:`kill_settings`).
     """
     names = names or DemoNames.fresh()
-    settings = settings or demo_settings(names)
+    settings = settings or (kill_settings(names) if kill_server else demo_settings(names))
     document = load_job_document()
     job_id = document["_id"] = str(uuid.uuid4())
     result = DemoResult(job_id, None)
@@ -362,18 +418,46 @@ def run_demo(
         say(f"created job {job_id} ({document['status']}, {len(_hosts(document)) - 1} clients)")
         publisher = EventPublisher(redis_client, names.stream)
         steps = plan_steps(load_run_events())
-        reporters = _reporters(publisher, job_id, steps)
+        kill_at: int | None = None
+        if kill_server:
+            kill_at = kill_point(steps)
+            say(
+                f"--kill-server: the FL server process dies at step {kill_at + 1} of "
+                f"{len(steps)}; limits shortened for the demo: FLORIST_STALE_AFTER_S="
+                f"{settings.stale_after_s:g}, FLORIST_WATCHDOG_INTERVAL_S="
+                f"{settings.watchdog_interval_s:g}, reporter heartbeats every "
+                f"{KILL_HEARTBEAT_INTERVAL_S:g} s"
+            )
+            reporters = _reporters(
+                publisher, job_id, steps, heartbeat_interval_s=KILL_HEARTBEAT_INTERVAL_S
+            )
+        else:
+            reporters = _reporters(publisher, job_id, steps)
         worker = Worker(redis_client, database, settings)
         limit_s = pace_s * len(steps) + SLACK_S if deadline_s is None else deadline_s
+        if kill_server and deadline_s is None:
+            limit_s += settings.stale_after_s + KILL_SLACK_S
         watchdog = threading.Timer(limit_s, worker.stop)
         watchdog.daemon = True
         watchdog.start()
         try:
             _play(
-                steps, job_id, publisher, reporters, worker, collection, result, pace_s, say, sleep
+                steps,
+                job_id,
+                publisher,
+                reporters,
+                worker,
+                collection,
+                result,
+                pace_s,
+                say,
+                sleep,
+                kill_at=kill_at,
             )
         finally:
             watchdog.cancel()
+            for reporter in reporters.values():
+                _kill(reporter)  # no heartbeat thread outlives the demo, whatever happened
         if worker.stopping:
             result.problems.append(
                 f"gave up after {limit_s:.0f} s: the worker was still waiting "
@@ -382,11 +466,16 @@ def run_demo(
         result.document = collection.find_one({"_id": job_id})
         result.events = int(redis_client.xlen(names.stream))
         result.dead_letters = _dead_letters(redis_client, names.dead_stream)
-        result.problems += _problems(result, worker.stream.pending_count())
+        result.problems += _problems(
+            result, worker.stream.pending_count(), killed=kill_at is not None
+        )
         for line in summary_lines(result):
             say(line)
     finally:
-        redis_client.delete(*names.keys)
+        if kill_server:
+            redis_client.delete(*names.keys, lock_key(names.stream))
+        else:
+            redis_client.delete(*names.keys)
         say(
             f"removed the demo's Redis keys: stream {names.stream} (with group {names.group}) "
             f"and dead-letter stream {names.dead_stream}"
@@ -408,13 +497,26 @@ def _play(
     pace_s: float,
     say: Callable[[str], None],
     sleep: Callable[[float], None],
+    *,
+    kill_at: int | None = None,
 ) -> None:
-    """Each step, then a drain and a progress line when the document changed."""
+    """Each step, then a drain and a progress line when the document changed. With
+    ``kill_at``, the server dies before that step, and the rest of the run is the wait
+    for the watchdog (:func:`_await_watchdog`)."""
     started = time.monotonic()
     shown: Progress | None = None
     for number, step in enumerate(steps):
         if number and pace_s > 0:
             sleep(pace_s)
+        if number == kill_at:
+            _kill(reporters[SERVER])
+            result.killed_at_step = number
+            say(
+                f"[{time.monotonic() - started:5.1f}s] the FL server process dies: no more "
+                "events from it (no fit_end, its heartbeats stopped); the clients wait for it"
+            )
+            shown = _await_watchdog(job_id, worker, collection, result, say, sleep, started, shown)
+            break
         if isinstance(step, StatusStep):
             publisher.status(job_id, step.status)
         else:
@@ -422,30 +524,101 @@ def _play(
         result.counts.update(worker.drain())
         if worker.stopping:
             return
+        if kill_at is not None:
+            worker.run_watchdog()  # as a running worker does: the live job is left alone
         progress = read_progress(collection.find_one({"_id": job_id}) or {})
         if progress != shown:
             say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")
             shown = progress
-    for reporter in reporters.values():
+    for host, reporter in reporters.items():
+        if host == SERVER and kill_at is not None:
+            continue  # a dead process publishes nothing more
         reporter.shutdown()
         if reporter.pending:
             result.problems.append(f"the {reporter.host_type} could not publish its metrics")
     result.counts.update(worker.drain())
 
 
+def _kill(reporter: StreamMetricsReporter) -> None:
+    """The server process dies: its heartbeat thread stops and it reports nothing more
+    (``shutdown()`` is not called: a killed process publishes nothing on its way out)."""
+    reporter._stop_heartbeats()  # the thread a real kill would take with the process
+
+
+def _await_watchdog(
+    job_id: str,
+    worker: Worker,
+    collection: Collection[Any],
+    result: DemoResult,
+    say: Callable[[str], None],
+    sleep: Callable[[float], None],
+    started: float,
+    shown: Progress | None,
+) -> Progress | None:
+    """Run the worker and its watchdog every interval until the job is no longer
+    IN_PROGRESS, showing the server's silence as the watchdog counts it; gives up after
+    the limit plus :data:`KILL_SLACK_S` (or when the demo's deadline stops the worker)."""
+    settings = worker.settings
+    give_up = time.monotonic() + settings.stale_after_s + KILL_SLACK_S
+    while not worker.stopping:
+        result.counts.update(worker.drain())
+        report = worker.run_watchdog()
+        if report is not None and report.finished:
+            say(
+                f"[{time.monotonic() - started:5.1f}s] the watchdog publishes "
+                f"job.status FINISHED_WITH_ERROR for job {job_id}"
+            )
+        result.counts.update(worker.drain())
+        document = collection.find_one({"_id": job_id}) or {}
+        progress = read_progress(document)
+        if progress != shown:
+            say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")
+            shown = progress
+        if document.get("status") != JobStatus.IN_PROGRESS.value:
+            if isinstance(document.get("error_message"), str):
+                say(
+                    f"[{time.monotonic() - started:5.1f}s] error_message: "
+                    f"{document['error_message']}"
+                )
+            return shown
+        if time.monotonic() >= give_up:
+            return shown
+        say(f"[{time.monotonic() - started:5.1f}s] {_silence_line(worker, document)}")
+        sleep(settings.watchdog_interval_s)
+    return shown
+
+
+def _silence_line(worker: Worker, document: Mapping[str, Any]) -> str:
+    """The hosts' silence, in stream time where the group has consumed to."""
+    settings = worker.settings
+    now_ms = redis_now_ms(worker.redis)
+    horizon = consumed_horizon(worker.redis, settings.stream, settings.group, now_ms) or now_ms
+    last = document.get(SERVER_LAST_EVENT)
+    since = int(last) if isinstance(last, int | float) else horizon
+    liveness = job_liveness(document, horizon, settings.stale_after_s, since)
+    parts = [f"waiting: server silent {liveness.server.age_s or 0.0:.1f} s"]
+    parts[0] += f" (the watchdog finishes the job after {settings.stale_after_s:g} s)"
+    for index, member in enumerate(document.get("clients_info") or []):
+        heard = member.get(CLIENT_LAST_EVENT) if isinstance(member, Mapping) else None
+        if isinstance(heard, int | float):
+            parts.append(f"{_client_label(index)} heard {max(0, horizon - heard) / 1000:.1f} s ago")
+    return " | ".join(parts)
+
+
 def _reporters(
-    publisher: EventPublisher, job_id: str, steps: Iterable[Step]
+    publisher: EventPublisher, job_id: str, steps: Iterable[Step], **options: Any
 ) -> dict[str, StreamMetricsReporter]:
-    """One reporter per FL host of the run, as each process of a real run would have."""
+    """One reporter per FL host of the run, as each process of a real run would have;
+    ``options`` go to every reporter (``heartbeat_interval_s`` for --kill-server)."""
     reporters: dict[str, StreamMetricsReporter] = {}
     for step in steps:
         if not isinstance(step, ReportStep) or step.host in reporters:
             continue
         if step.host == SERVER:
-            reporter = StreamMetricsReporter(publisher, job_id, host_type="server")
+            reporter = StreamMetricsReporter(publisher, job_id, host_type="server", **options)
         else:
             reporter = StreamMetricsReporter(
-                publisher, job_id, host_type="client", client_uuid=step.host
+                publisher, job_id, host_type="client", client_uuid=step.host, **options
             )
         reporters[step.host] = reporter
     return reporters
@@ -463,11 +636,23 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _problems(result: DemoResult, pending: int) -> list[str]:
+def _problems(result: DemoResult, pending: int, *, killed: bool = False) -> list[str]:
     problems = []
     status = None if result.document is None else result.document.get("status")
-    if status != JobStatus.FINISHED_SUCCESSFULLY.value:
-        problems.append(f"final status is {status}, expected FINISHED_SUCCESSFULLY")
+    expected = JobStatus.FINISHED_WITH_ERROR if killed else JobStatus.FINISHED_SUCCESSFULLY
+    if status != expected.value:
+        problems.append(f"final status is {status}, expected {expected.value}")
+    if killed:
+        message = result.error_message or ""
+        if not (message.startswith(WATCHDOG_MESSAGE_START) and "florist-worker" in message):
+            problems.append(
+                f"error_message is {result.error_message!r}, expected the watchdog's "
+                f"'{WATCHDOG_MESSAGE_START}...'"
+            )
+        if "fit_end" in _metrics(
+            None if result.document is None else result.document.get("server_metrics")
+        ):
+            problems.append("the server's fit_end reached the document after it was killed")
     dead_outcomes = sum(
         count
         for name, count in result.counts.items()

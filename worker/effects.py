@@ -374,31 +374,56 @@ def apply_to(document: dict[str, Any], write: Write) -> None:
         document.pop(path, None)
 
 
-def took_effect(event: Event, position: StreamPosition, document: dict[str, Any] | None) -> bool:
-    """Whether ``document`` (read after a batch's bulk) shows the effect of the write the
-    batch planned for ``event``: its target holds the event's position, or (a status
-    change) the job has moved on from where the write found it. The batch planned the
-    write because that effect was absent when it read the document; only the event
-    itself (or the same event applied by another worker meanwhile) brings it."""
+def classified_state(document: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """What the guards and the liveness fields hold in a (projected) job document: equal
+    states mean the same decisions for every event. ``None`` for a missing document."""
     if document is None:
-        return False
-    key = position.key
+        return None
+    clients = document.get("clients_info")
+    members = tuple(
+        (member.get("uuid"), member.get(CLIENT_POSITION), member.get(CLIENT_LAST_EVENT))
+        if isinstance(member, dict)
+        else (repr(member),)
+        for member in (clients if isinstance(clients, list) else [])
+    )
+    return (
+        document.get("status"),
+        document.get(SERVER_POSITION),
+        document.get(STATUS_POSITION),
+        document.get(SERVER_LAST_EVENT),
+        members,
+    )
+
+
+Group = tuple[str, ...]
+
+
+def groups_of(event: Event) -> tuple[Group, ...]:
+    """The parts of a job document an event's decision reads and its write changes: the
+    server target, the status, or one client. Events of different groups never affect
+    each other's decisions, so a batch can be settled group by group."""
     if isinstance(event, HeartbeatEvent):
-        ms = liveness_ms(position)
         if event.host_type == "server":
-            return bool(document.get(SERVER_LAST_EVENT) == ms)
-        matching = _matching_clients(document, event.client_uuid)
-        return bool(matching) and all(c.get(CLIENT_LAST_EVENT) == ms for c in matching)
-    if isinstance(event, ClientMetricsEvent):
-        clients = document.get("clients_info")
-        matching = [
-            c
-            for c in (clients if isinstance(clients, list) else [])
-            if isinstance(c, dict) and c.get("uuid") == event.client_uuid
-        ]
-        return bool(matching) and all(c.get(CLIENT_POSITION) == key for c in matching)
+            return (("server",),)
+        return (("client", str(event.client_uuid)),)
     if isinstance(event, ServerMetricsEvent):
-        return document.get(SERVER_POSITION) == key or document.get(STATUS_POSITION) == key
-    if event.status is JobStatus.IN_PROGRESS:
-        return document.get("status") != JobStatus.NOT_STARTED.value
-    return document.get(STATUS_POSITION) == key
+        return (("server",), ("status",)) if event.finishes_job else (("server",),)
+    if isinstance(event, ClientMetricsEvent):
+        return (("client", event.client_uuid),)
+    return (("status",),)
+
+
+def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...] | None:
+    """What ``document`` holds for ``group`` (see :func:`groups_of`)."""
+    if document is None:
+        return None
+    if group[0] == "server":
+        return (document.get(SERVER_POSITION), document.get(SERVER_LAST_EVENT))
+    if group[0] == "status":
+        return (document.get("status"), document.get(STATUS_POSITION))
+    clients = document.get("clients_info")
+    return tuple(
+        (member.get(CLIENT_POSITION), member.get(CLIENT_LAST_EVENT))
+        for member in (clients if isinstance(clients, list) else [])
+        if isinstance(member, dict) and member.get("uuid") == group[1]
+    )

@@ -39,7 +39,14 @@ from worker.events import Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, StoreUnavailable, outcome_of, outcomes_of
+from worker.store import (
+    JobStore,
+    MongoJobStore,
+    StoreUnavailable,
+    outcome_of,
+    outcomes_of,
+    takes_batches,
+)
 from worker.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -223,7 +230,7 @@ class _Replay:
             if item.event is not None and item.position is not None
         ]
         decided: dict[str, tuple[Outcome, str]] = {}
-        if hasattr(self.store, "apply_batch"):  # the page in one batch; resumed whole
+        if takes_batches(self.store, len(items), dry_run=self.dry_run):  # resumed whole
             outcomes = self.patience.call(
                 lambda: outcomes_of(self.store, items, dry_run=self.dry_run),
                 page[0][0],

@@ -10,6 +10,12 @@ Counting dead letters *by reason* reads the whole dead-letter stream with XRANGE
 pages. That is fine for operational sizes (thousands of entries: the stream is meant
 to be requeued or trimmed, not to grow forever); pass ``count_reasons=False`` to get
 only its length, in constant time.
+
+:func:`collect_jobs` adds the IN_PROGRESS jobs from MongoDB: the age of the last event
+from each job's server and clients, in stream time at the group's consumed horizon (the
+watchdog's measure, :mod:`worker.watchdog`), and which are near the silence limit or over
+it. It waits at most :data:`MONGODB_TIMEOUT_S` for MongoDB and reports a MongoDB that does
+not answer as such (:attr:`JobsStats.available` false) instead of raising.
 """
 
 from __future__ import annotations
@@ -19,15 +25,37 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
+import pymongo
 import redis
+from pymongo.errors import PyMongoError
 
+from worker.effects import SERVER_LAST_EVENT
+from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
-from worker.settings import Settings
+from worker.settings import Settings, redact_url
+from worker.watchdog import (
+    LIVENESS_PROJECTION,
+    NEAR_LIMIT,
+    HostAge,
+    JobLiveness,
+    consumed_horizon,
+    job_liveness,
+    redis_now_ms,
+)
 
 DEAD_LETTER_PAGE = 1_000
 UNKNOWN_REASON = "unknown"
+MONGODB_TIMEOUT_S: Final = 2.0  # the whole MongoDB read of ``stats``, server selection included
+JOBS_SHOWN: Final = 50  # IN_PROGRESS jobs in the text block (JSON lists them all)
+
+# A host's state: how long it has been silent against FLORIST_STALE_AFTER_S.
+OK: Final = "ok"
+NEAR: Final = "near"  # silent for at least NEAR_LIMIT of the limit
+OVER: Final = "over"  # silent for longer than the limit
+NEVER: Final = "never"  # no event from it recorded on the document
+_STATE_ORDER: Final = {OVER: 0, NEAR: 1, NEVER: 2, OK: 3}
 
 
 def _text(value: bytes | str) -> str:
@@ -102,6 +130,8 @@ class StreamStats:
     dead_letters_by_reason: dict[str, int] | None = field(default=None)
     # From the heartbeat of a worker running on this host (FLORIST_HEARTBEAT_FILE), if any.
     worker_round_trips_per_1000_events: float | None = None
+    # The IN_PROGRESS jobs (:func:`collect_jobs`), when MongoDB was asked; None otherwise.
+    jobs: JobsStats | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: datetimes become ISO 8601 text."""
@@ -109,6 +139,56 @@ class StreamStats:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
+
+
+@dataclass(frozen=True, slots=True)
+class HostSilence:
+    """One host of a job: when it was last heard from (stream time) and how long ago."""
+
+    name: str  # "server", or the client's uuid
+    last_event_ms: int | None
+    last_event: datetime | None
+    age_s: float | None  # at the horizon; None: never heard from
+    state: str  # OK, NEAR, OVER or NEVER
+
+
+@dataclass(frozen=True, slots=True)
+class JobSilence:
+    """One IN_PROGRESS job: its server's silence decides its ``state``."""
+
+    job_id: str
+    state: str  # the server's
+    server: HostSilence
+    clients: tuple[HostSilence, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class JobsStats:
+    """The IN_PROGRESS jobs of the database, or why they could not be read.
+
+    Ages are in stream time at ``horizon``: how far the consumer group has applied the
+    stream (Redis's clock when it is caught up or has no group yet), so an event still
+    in the backlog never makes a host look silent.
+    """
+
+    database: str  # the URI with its password hidden, and the database name
+    available: bool
+    error: str | None = None  # why the jobs could not be read (one line)
+    stale_after_s: float = 0.0
+    near_after_s: float = 0.0
+    horizon: datetime | None = None
+    horizon_ms: int | None = None
+    behind_s: float | None = None  # how far the horizon is behind Redis's clock
+    group_exists: bool = False  # False: ages against Redis's clock, nothing consumed yet
+    in_progress: int = 0
+    near_limit: int = 0  # servers silent for at least near_after_s (over_limit included)
+    over_limit: int = 0
+    without_server_event: int = 0
+    jobs: tuple[JobSilence, ...] = ()
+
+    @classmethod
+    def unavailable(cls, database: str, error: str) -> JobsStats:
+        return cls(database=database, available=False, error=error)
 
 
 def _jsonable(value: Any) -> Any:
@@ -155,6 +235,119 @@ def collect_stats(
         collected_at=datetime.now(UTC),
         **values,
     )
+
+
+def database_label(settings: Settings) -> str:
+    """``<uri> (database <name>)``, the password hidden."""
+    return f"{redact_url(settings.mongodb_uri)} (database {settings.mongodb_db})"
+
+
+def _host_state(age_s: float | None, limit_s: float) -> str:
+    if age_s is None:
+        return NEVER
+    if limit_s > 0 and age_s > limit_s:
+        return OVER
+    if limit_s > 0 and age_s >= NEAR_LIMIT * limit_s:
+        return NEAR
+    return OK
+
+
+def _host(age: HostAge, limit_s: float) -> HostSilence:
+    last = age.last_event_ms
+    return HostSilence(
+        name=age.name,
+        last_event_ms=last,
+        last_event=None if last is None else datetime.fromtimestamp(last / 1000, UTC),
+        age_s=None if age.age_s is None else round(age.age_s, 1),
+        state=_host_state(age.age_s, limit_s),
+    )
+
+
+def job_silence(liveness: JobLiveness, limit_s: float) -> JobSilence:
+    """A job as ``stats`` shows it, from the watchdog's view of its document."""
+    server = _host(liveness.server, limit_s)
+    if liveness.server.last_event_ms is not None:  # the watchdog's own judgement
+        state = OVER if liveness.over_limit else NEAR if liveness.near_limit else OK
+        server = HostSilence(
+            server.name, server.last_event_ms, server.last_event, server.age_s, state
+        )
+    return JobSilence(
+        job_id=liveness.job_id,
+        state=server.state,
+        server=server,
+        clients=tuple(_host(client, limit_s) for client in liveness.clients),
+    )
+
+
+def collect_jobs(
+    redis_client: redis.Redis,
+    database: Any,
+    settings: Settings,
+    *,
+    timeout_s: float = MONGODB_TIMEOUT_S,
+) -> JobsStats:
+    """The IN_PROGRESS jobs of ``database`` and the silence of their hosts.
+
+    Ages are measured as the watchdog measures them: from the host's last event
+    (``server_last_event_ms``, ``clients_info[].last_event_ms``) to the group's consumed
+    horizon (:func:`worker.watchdog.consumed_horizon`). MongoDB gets ``timeout_s`` in all
+    (server selection included); a MongoDB error gives :meth:`JobsStats.unavailable`.
+    Raises ``redis.RedisError`` when Redis does not answer (the horizon needs it).
+    """
+    label = database_label(settings)
+    now_ms = redis_now_ms(redis_client)
+    horizon = consumed_horizon(redis_client, settings.stream, settings.group, now_ms)
+    group_exists = horizon is not None
+    horizon_ms = now_ms if horizon is None else horizon
+    limit_s = settings.stale_after_s
+    try:
+        with pymongo.timeout(timeout_s):
+            documents = list(
+                database[JOB_COLLECTION].find(
+                    {"status": JobStatus.IN_PROGRESS.value}, LIVENESS_PROJECTION
+                )
+            )
+    except PyMongoError as error:
+        return JobsStats.unavailable(
+            label,
+            f"MongoDB at {label} did not answer within {timeout_s:g} s "
+            f"({type(error).__name__}: {_first_line(error)})",
+        )
+    jobs = []
+    for document in documents:
+        last = document.get(SERVER_LAST_EVENT)
+        # Without a server event the watchdog times the job from when it first saw it (in
+        # its own memory): nothing here can say how long that has been.
+        since = last if isinstance(last, int | float) and not isinstance(last, bool) else None
+        liveness = job_liveness(
+            document, horizon_ms, limit_s, horizon_ms if since is None else int(since)
+        )
+        jobs.append(job_silence(liveness, limit_s))
+    jobs.sort(key=lambda job: (_STATE_ORDER[job.state], -(job.server.age_s or 0.0), job.job_id))
+    return JobsStats(
+        database=label,
+        available=True,
+        stale_after_s=limit_s,
+        near_after_s=NEAR_LIMIT * limit_s,
+        horizon=datetime.fromtimestamp(horizon_ms / 1000, UTC),
+        horizon_ms=horizon_ms,
+        behind_s=round(max(0, now_ms - horizon_ms) / 1000, 1),
+        group_exists=group_exists,
+        in_progress=len(jobs),
+        near_limit=sum(1 for job in jobs if job.state in (NEAR, OVER)),
+        over_limit=sum(1 for job in jobs if job.state == OVER),
+        without_server_event=sum(1 for job in jobs if job.state == NEVER),
+        jobs=tuple(jobs),
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """pymongo's messages carry the whole topology description after the first sentence."""
+    text = " ".join(str(error).split())
+    for tail in (" (configured timeouts:", ", Timeout:"):
+        cut = text.find(tail)
+        text = text if cut < 0 else text[:cut]
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
@@ -305,4 +498,57 @@ def render_stats(stats: StreamStats) -> str:
             "worker on this host: "
             f"{stats.worker_round_trips_per_1000_events:g} MongoDB round trips per 1,000 events"
         )
+    if stats.jobs is not None:
+        lines += render_jobs(stats.jobs)
     return "\n".join(lines)
+
+
+def _seconds(seconds: float) -> str:
+    return _duration(seconds * 1000)
+
+
+def _flag(state: str) -> str:
+    return {OVER: " OVER the limit", NEAR: " near the limit"}.get(state, "")
+
+
+def _host_text(host: HostSilence) -> str:
+    if host.age_s is None:
+        return "never heard from"
+    return f"{_seconds(host.age_s)} ago{_flag(host.state)}"
+
+
+def render_jobs(jobs: JobsStats, shown: int = JOBS_SHOWN) -> list[str]:
+    """The IN_PROGRESS jobs: one line per job, the most silent servers first."""
+    if not jobs.available:
+        return [f"IN_PROGRESS jobs not shown: {jobs.error}"]
+    header = f"IN_PROGRESS jobs in {jobs.database}: {jobs.in_progress}"
+    if jobs.stale_after_s > 0:
+        header += f", {jobs.near_limit} near the silence limit, {jobs.over_limit} over it"
+    lines = [header]
+    if jobs.stale_after_s > 0:
+        lines.append(
+            f"  silence limit {jobs.stale_after_s:g} s (FLORIST_STALE_AFTER_S), "
+            f"near from {jobs.near_after_s:g} s"
+        )
+    else:
+        lines.append("  watchdog off (FLORIST_STALE_AFTER_S=0): ages only")
+    if jobs.horizon is not None:
+        at = jobs.horizon.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if jobs.group_exists:
+            behind = (
+                "" if not jobs.behind_s else f", {_seconds(jobs.behind_s)} behind Redis's clock"
+            )
+            lines.append(f"  ages at {at}, as far as the group has consumed{behind}")
+        else:
+            lines.append(f"  ages at {at}, Redis's clock (no consumer group yet)")
+    for job in jobs.jobs[:shown]:
+        if job.server.age_s is None:
+            server = "no event yet (the watchdog times it from when it first sees the job)"
+        else:
+            server = _host_text(job.server)
+        parts = [f"  job {job.job_id}: server {server}"]
+        parts += [f"client {client.name} {_host_text(client)}" for client in job.clients]
+        lines.append(" | ".join(parts))
+    if len(jobs.jobs) > shown:
+        lines.append(f"  ... and {len(jobs.jobs) - shown} more (--json lists them all)")
+    return lines

@@ -12,6 +12,7 @@ one place (:mod:`worker.mongo_failures`) and raised as what the consume loop act
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -62,7 +63,15 @@ PASS_THROUGH: Final = (redis.ConnectionError, redis.TimeoutError)
 
 
 class StoreUnavailable(Exception):
-    """MongoDB did not answer: transient, retry later, acknowledge nothing."""
+    """MongoDB did not answer: transient, retry later, acknowledge nothing.
+
+    ``outcomes``, when set, are the batch's outcomes as MongoDB took them before it
+    failed (a write concern not confirmed after every write of a bulk was applied): the
+    retry re-sends the writes, for durability, and may report them by these labels."""
+
+    def __init__(self, message: str, outcomes: list[tuple[Outcome, str]] | None = None) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
 
 
 class StoreRejected(Exception):
@@ -124,6 +133,16 @@ def outcome_of(
         return Outcome.INTERNAL_ERROR, f"{type(error).__name__}: {error}"
 
 
+def takes_batches(store: JobStore, count: int, *, dry_run: bool = False) -> bool:
+    """Whether ``count`` events go to ``store`` as one batch (else one by one). A dry
+    run of a batching store always plays the events together, as a real run would."""
+    return (
+        hasattr(store, "apply_batch")
+        and bool(getattr(store, "batched", True))
+        and (count >= BATCHED_FROM or dry_run)
+    )
+
+
 def outcomes_of(
     store: JobStore, items: Sequence[tuple[Event, StreamPosition]], *, dry_run: bool = False
 ) -> list[tuple[Outcome, str]]:
@@ -180,12 +199,16 @@ class MongoJobStore:
             return cached
         query = {"server_uuid": name} if kind == "server_uuid" else {"clients_info.uuid": name}
         self.round_trips += 1
-        document = self.collection.find_one(query, {"_id": 1})
+        # A uuid should name one job; if two share it, the smallest _id wins, in both paths.
+        document = self.collection.find_one(query, {"_id": 1}, sort=[("_id", 1)])
         if document is None:
             return None
         return self._remember(kind, name, str(document["_id"]))
 
     def _remember(self, kind: str, name: str, job_id: str) -> str:
+        known = self._jobs_by_uuid.get((kind, name))
+        if known is not None:
+            return known
         if len(self._jobs_by_uuid) >= UUID_CACHE_SIZE:
             for key in list(self._jobs_by_uuid)[: UUID_CACHE_SIZE // 2]:
                 del self._jobs_by_uuid[key]
@@ -306,7 +329,7 @@ class MongoJobStore:
         write MongoDB refuses is its own ``store_error``; outages and misconfiguration
         raise for the whole batch, as in :meth:`apply`.
         """
-        if not self.batched or len(items) < BATCHED_FROM:
+        if not self.batched or (len(items) < BATCHED_FROM and not dry_run):
             return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
         try:
             return self._apply_batch(items, dry_run)
@@ -340,23 +363,28 @@ class MongoJobStore:
         projection = {**effects.CLASSIFY_PROJECTION, "server_uuid": 1}
         self.round_trips += 1
         documents: dict[str, dict[str, Any]] = {}
-        for document in self.collection.find({"$or": either}, projection):
+        found = list(self.collection.find({"$or": either}, projection))
+        for document in sorted(found, key=lambda found_one: str(found_one["_id"])):
             job_id = str(document["_id"])
             documents[job_id] = document
-            if document.get("server_uuid") in servers:
-                self._remember("server_uuid", document["server_uuid"], job_id)
+            server_uuid = document.get("server_uuid")
+            if isinstance(server_uuid, str) and server_uuid in servers:
+                self._remember("server_uuid", server_uuid, job_id)
             members = document.get("clients_info")
             for member in members if isinstance(members, list) else []:
-                if isinstance(member, dict) and member.get("uuid") in clients:
-                    self._remember("client_uuid", member["uuid"], job_id)
+                uuid = member.get("uuid") if isinstance(member, dict) else None
+                if isinstance(uuid, str) and uuid in clients:
+                    self._remember("client_uuid", uuid, job_id)
         return documents
 
     def _apply_batch(
         self, items: Sequence[tuple[Event, StreamPosition]], dry_run: bool
     ) -> list[tuple[Outcome, str]]:
         documents = self._read_jobs([event for event, _position in items])
+        as_read = copy.deepcopy(documents)
         results: list[tuple[Outcome, str]] = []
         planned: list[tuple[int, Event, StreamPosition, effects.Write]] = []
+        decided: list[tuple[int, Event, StreamPosition]] = []
         for index, (event, position) in enumerate(items):
             kind, name = event.identity
             job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
@@ -364,6 +392,7 @@ class MongoJobStore:
                 results.append((Outcome.UNKNOWN_JOB, ""))
                 continue
             resolved = event if event.job_id is not None else event.with_job(job_id)
+            decided.append((index, resolved, position))
             document = documents.get(job_id)
             decision = effects.after_miss(resolved, position, document)
             if isinstance(decision, Outcome):
@@ -380,13 +409,15 @@ class MongoJobStore:
             results.append((decision.outcome, ""))
             planned.append((index, resolved, position, decision))
         if planned and not dry_run:
-            self._write_batch(planned, results)
+            self._write_batch(planned, results, decided, as_read)
         return results
 
     def _write_batch(
         self,
         planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
         results: list[tuple[Outcome, str]],
+        decided: Sequence[tuple[int, Event, StreamPosition]],
+        as_read: dict[str, dict[str, Any]],
     ) -> None:
         requests = [
             UpdateOne(
@@ -403,7 +434,22 @@ class MongoJobStore:
             if int(result.matched_count) == len(requests):
                 return  # every write matched: every outcome stands
         except BulkWriteError as error:
-            for failure in error.details.get("writeConcernErrors") or []:
+            concern = error.details.get("writeConcernErrors") or []
+            if concern and not error.details.get("writeErrors"):
+                ran_all = int(error.details.get("nMatched", -1)) == len(requests)
+                try:
+                    raise_classified(
+                        WriteConcernError(
+                            concern[0].get("errmsg", ""), concern[0].get("code"), concern[0]
+                        )
+                    )
+                except StoreUnavailable as outage:
+                    # Every write was applied but not confirmed as asked: retry (the
+                    # guards make it a no-op unless they were rolled back), and keep
+                    # the labels they were applied under.
+                    outage.outcomes = list(results) if ran_all else None
+                    raise
+            for failure in concern:
                 raise_classified(
                     WriteConcernError(failure.get("errmsg", ""), failure.get("code"), failure)
                 )
@@ -412,33 +458,64 @@ class MongoJobStore:
                 if classify(problem) is not Failure.REFUSAL:
                     raise_classified(problem)
                 refused[int(failure["index"])] = describe(problem)
-        self._settle_misses(planned, refused, results)
+        self._settle_misses(planned, refused, results, decided, as_read)
 
     def _settle_misses(
         self,
         planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
         refused: dict[int, str],
         results: list[tuple[Outcome, str]],
+        decided: Sequence[tuple[int, Event, StreamPosition]],
+        as_read: dict[str, dict[str, Any]],
     ) -> None:
         """Not every write matched: another writer changed a job between the read and the
         bulk, the stored fields are not what the batch foresaw, or MongoDB refused a write
-        (an ordered bulk stops there). One more read shows which writes took effect;
-        the other entries are applied one by one, in stream order."""
-        first_refused = min(refused, default=len(planned))
+        (an ordered bulk stops there: nothing after it ran).
+
+        One more read shows how many writes took effect, per part of each job (its server
+        target, its status, each client: :func:`worker.effects.groups_of`, parts whose
+        decisions never depend on each other): the batch's writes to that part are
+        replayed in memory on the document as first read, and the longest prefix that
+        gives the part as it is now is what took effect (none, if no prefix does:
+        another writer moved it). From the part's first write that did not take effect
+        on, every entry of that part in the batch, written or not, is decided again one
+        by one, in stream order, against the document as it really is."""
+        stop = min(refused, default=len(planned))  # the ordered bulk ran nothing after it
         jobs = sorted({str(event.job_id) for _index, event, _position, _write in planned})
         self.round_trips += 1
-        found = {
+        now = {
             str(document["_id"]): document
             for document in self.collection.find(
                 {"_id": {"$in": jobs}}, effects.CLASSIFY_PROJECTION
             )
         }
-        for number, (index, event, position, _write) in enumerate(planned):
-            if number in refused:
-                results[index] = (Outcome.STORE_ERROR, refused[number])
-            elif number > first_refused or not effects.took_effect(
-                event, position, found.get(str(event.job_id))
+        writes: dict[tuple[str, effects.Group], list[tuple[int, int, effects.Write]]] = {}
+        for number, (index, event, _position, write) in enumerate(planned):
+            for group in effects.groups_of(event):
+                writes.setdefault((str(event.job_id), group), []).append((number, index, write))
+        redo_from: dict[tuple[str, effects.Group], int] = {}
+        for (job_id, group), group_writes in writes.items():
+            simulated = copy.deepcopy(as_read.get(job_id) or {})
+            states = [effects.group_state(simulated, group)]
+            for number, _index, write in group_writes:
+                if number >= stop:
+                    break
+                effects.apply_to(simulated, write)
+                states.append(effects.group_state(simulated, group))
+            current = effects.group_state(now.get(job_id), group)
+            took = max((k for k, state in enumerate(states) if state == current), default=0)
+            if took < len(group_writes):
+                redo_from[(job_id, group)] = group_writes[took][1]
+        refused_at = {planned[number][0]: message for number, message in refused.items()}
+        for index, event, position in decided:
+            if not any(
+                index >= redo_from.get((str(event.job_id), group), len(results))
+                for group in effects.groups_of(event)
             ):
+                continue
+            if index in refused_at:
+                results[index] = (Outcome.STORE_ERROR, refused_at[index])
+            else:
                 results[index] = outcome_of(self, event, position)
 
     def ping(self) -> None:

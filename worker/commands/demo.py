@@ -7,12 +7,15 @@
     florist-worker demo --fake-redis          # never look for a Redis server
     florist-worker demo --redis-url redis://host:6379/0 --mongodb-uri mongodb://host:27017
     florist-worker demo --redis-url redis://node:6379 --redis-cluster   # a Redis Cluster
+    florist-worker demo --kill-server         # the server dies mid-run; the watchdog ends it
 
 Only the flags choose the services: ``FLORIST_REDIS_URL``, ``FLORIST_REDIS_CLUSTER`` and
 ``FLORIST_MONGODB_URI`` are ignored, so a demo never writes to configured services unless
-asked. Exit codes: 0 when the job ends FINISHED_SUCCESSFULLY with no dead letters, 1 when
-it does not or a service cannot be reached, 2 for bad flags or settings, 130 when
-interrupted.
+asked (and ``--kill-server`` ignores ``FLORIST_STALE_AFTER_S`` and
+``FLORIST_WATCHDOG_INTERVAL_S`` too: it shortens them for the demo). Exit codes: 0 when
+the job ends FINISHED_SUCCESSFULLY with no dead letters (with ``--kill-server``:
+FINISHED_WITH_ERROR with the watchdog's silence message), 1 when it does not or a service
+cannot be reached, 2 for bad flags or settings, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -38,7 +41,14 @@ from worker.commands.options import (
     metavar,
 )
 from worker.connections import MEMORY_URI, connect_database, connect_redis
-from worker.demo import DEFAULT_PACE_S, DemoNames, demo_settings, run_demo
+from worker.demo import (
+    DEFAULT_PACE_S,
+    KILL_STALE_AFTER_S,
+    DemoNames,
+    demo_settings,
+    kill_settings,
+    run_demo,
+)
 from worker.logs import configure_logging
 from worker.settings import Settings, redact_url
 
@@ -60,7 +70,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "clients would (through StreamMetricsReporter), apply it with a Worker, and print "
         "progress and the final document. Uses a stream, group and dead-letter stream of its "
         "own and deletes them at the end. Exits 1 unless the job ends FINISHED_SUCCESSFULLY "
-        "with no dead letters (or when a service cannot be reached), 2 for bad flags.",
+        "with no dead letters (or when a service cannot be reached), 2 for bad flags. With "
+        "--kill-server the FL server dies mid-run and the watchdog must finish the job.",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
@@ -105,6 +116,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help=f"pause between events (default: {DEFAULT_PACE_S})",
     )
     pace.add_argument("--fast", action="store_true", help="no pauses (same as --pace 0)")
+    parser.add_argument(
+        "--kill-server",
+        action="store_true",
+        help="the FL server process dies mid-run (stops publishing, no heartbeats, no "
+        "fit_end); the worker's watchdog finishes the job as FINISHED_WITH_ERROR, with the "
+        f"silence limit shortened to {KILL_STALE_AFTER_S:g} s for the demo. Exits 0 when it "
+        "does, 1 otherwise",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -117,8 +136,9 @@ def handle(arguments: argparse.Namespace) -> int:
     if arguments.redis_cluster and not arguments.redis_url:
         raise UsageError("--redis-cluster needs --redis-url (a node of the cluster)")
     names = cluster_names(DemoNames.fresh()) if arguments.redis_cluster else DemoNames.fresh()
+    make_settings = kill_settings if arguments.kill_server else demo_settings
     try:
-        settings = demo_settings(
+        settings = make_settings(
             names,
             redis_url=arguments.redis_url or LOCAL_REDIS_URL,
             redis_cluster=arguments.redis_cluster,
@@ -146,6 +166,7 @@ def handle(arguments: argparse.Namespace) -> int:
             pace_s=pace_s,
             remove_job=not memory and not arguments.keep_job,
             out=sys.stdout,
+            kill_server=arguments.kill_server,
         )
     except (redis.RedisError, PyMongoError) as error:
         raise Failure(
@@ -155,6 +176,13 @@ def handle(arguments: argparse.Namespace) -> int:
         redis_client.close()
     if result.problems:
         raise Failure("demo FAILED: " + "; ".join(result.problems))
+    if arguments.kill_server:
+        print(
+            "demo OK: the FL server died mid-run and the watchdog finished the job as "
+            f"FINISHED_WITH_ERROR: {result.error_message}",
+            flush=True,
+        )
+        return EXIT_OK
     print("demo OK: the job finished successfully and no entry was dead-lettered", flush=True)
     return EXIT_OK
 

@@ -93,6 +93,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "one MULTI/EXEC. Exit 1 if a given ID is not in the dead-letter stream.",
     )
     _add_selection(requeue)
+    requeue.add_argument(
+        "--vouch-origin",
+        action="store_true",
+        help="also requeue letters that claim an origin_id no requeue record vouched for "
+        "(entries requeued by a version before the records), at that claimed first "
+        "position; without it they are left in place with a warning",
+    )
     requeue.set_defaults(handler=handle)
 
     drop = actions.add_parser(
@@ -217,7 +224,13 @@ def _selection(
 
 def _requeue(client: redis.Redis, settings: Settings, arguments: argparse.Namespace) -> str:
     ids, missing = _selection(client, settings, arguments, "requeue")
-    moved = deadletter.requeue(client, ids, reason=arguments.reason, settings=settings)
+    moved = deadletter.requeue(
+        client,
+        ids,
+        reason=arguments.reason,
+        settings=settings,
+        vouch_claimed_origin=arguments.vouch_origin,
+    )
     return _report(f"requeued {moved} dead letter(s) to {settings.stream}", missing, settings)
 
 

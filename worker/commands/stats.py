@@ -1,4 +1,5 @@
-"""``florist-worker stats``: the stream, the group's lag and pending entries, dead letters.
+"""``florist-worker stats``: the stream, the group's lag and pending entries, dead letters,
+and the IN_PROGRESS jobs with the silence of their server and clients.
 
 ::
 
@@ -6,9 +7,10 @@
     florist-worker stats --json          # the same as one JSON object
     florist-worker stats --watch [SECONDS]   # refresh every SECONDS (default 2) until Ctrl-C
 
-Read-only. Exit 0 (also when the stream or group does not exist yet, and on Ctrl-C
-in ``--watch``); 1 when Redis does not answer (``--watch`` keeps trying instead); 2 for
-bad flags or settings.
+Read-only. Exit 0 (also when the stream or group does not exist yet, when MongoDB does
+not answer within :data:`worker.stats.MONGODB_TIMEOUT_S`: one line says so and the Redis
+part is shown, and on Ctrl-C in ``--watch``); 1 when Redis does not answer (``--watch``
+keeps trying instead); 2 for bad flags or settings.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, TextIO
 
 import redis
@@ -29,9 +32,17 @@ from worker.commands.options import (
     error_line,
     settings_from,
 )
-from worker.connections import connect_redis
+from worker.connections import connect_database, connect_redis
+from worker.errors import Misconfigured
 from worker.settings import Settings, redact_url
-from worker.stats import collect_stats, render_stats
+from worker.stats import (
+    MONGODB_TIMEOUT_S,
+    JobsStats,
+    collect_jobs,
+    collect_stats,
+    database_label,
+    render_stats,
+)
 
 DEFAULT_WATCH_S = 2.0
 CLEAR_SCREEN = "\033[H\033[2J"
@@ -42,6 +53,9 @@ SETTINGS_FLAGS = (
     "group",
     "dead_stream",
     "socket_timeout_s",
+    "mongodb_uri",
+    "mongodb_db",
+    "stale_after_s",
 )
 
 
@@ -58,11 +72,15 @@ def _positive_seconds(text: str) -> float:
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     parser = subparsers.add_parser(
         "stats",
-        help="show stream length, group lag, pending entries and dead letters",
+        help="show stream length, group lag, pending entries, dead letters and silent jobs",
         description="Show the events stream (length, first and last entry: the replay "
         "window), the consumer group (lag, entries read, pending entries and the oldest "
-        "one's idle time, each consumer), and dead letters by reason. Read-only. Exit "
-        "codes: 0 shown, 1 Redis did not answer, 2 bad flags or settings.",
+        "one's idle time, each consumer), dead letters by reason, and the IN_PROGRESS jobs "
+        "from MongoDB with the age of the last event from their server and each client, "
+        "flagging servers silent for half of --stale-after-s or more and over it. Read-only. "
+        f"MongoDB gets {MONGODB_TIMEOUT_S:g} s; when it does not answer, one line says so. "
+        "Exit codes: 0 shown (also without MongoDB), 1 Redis did not answer, 2 bad flags "
+        "or settings.",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
@@ -82,15 +100,49 @@ def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
     client = connect_redis(settings)
     try:
-        if arguments.watch is None:
-            return show_once(client, settings, as_json=arguments.json)
-        return watch(client, settings, arguments.watch, as_json=arguments.json)
+        database = open_jobs_database(settings)
+        try:
+            if arguments.watch is None:
+                return show_once(client, settings, as_json=arguments.json, database=database)
+            return watch(
+                client, settings, arguments.watch, as_json=arguments.json, database=database
+            )
+        finally:
+            close_database(database)
     finally:
         client.close()
 
 
-def _snapshot(client: redis.Redis, settings: Settings, *, as_json: bool, indent: int | None) -> str:
+def open_jobs_database(settings: Settings) -> Any:
+    """The database holding the jobs, or a :class:`JobsStats` saying why there is none (a
+    client that cannot be built: the in-memory extra missing, an SRV name that does not
+    resolve). Nothing here waits for MongoDB; a URI it refuses is a usage error (exit 2)."""
+    try:
+        return connect_database(settings)
+    except Misconfigured as error:
+        return JobsStats.unavailable(database_label(settings), str(error))
+
+
+def close_database(database: Any) -> None:
+    client = getattr(database, "client", None)
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+
+
+def _snapshot(
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    as_json: bool,
+    indent: int | None,
+    database: Any = None,
+) -> str:
     stats = collect_stats(client, settings)
+    if isinstance(database, JobsStats):
+        stats = replace(stats, jobs=database)
+    elif database is not None:
+        stats = replace(stats, jobs=collect_jobs(client, database, settings))
     return stats.to_json(indent=indent) if as_json else render_stats(stats)
 
 
@@ -99,11 +151,18 @@ def _unavailable(settings: Settings, error: redis.RedisError) -> str:
 
 
 def show_once(
-    client: redis.Redis, settings: Settings, *, as_json: bool, out: TextIO | None = None
+    client: redis.Redis,
+    settings: Settings,
+    *,
+    as_json: bool,
+    out: TextIO | None = None,
+    database: Any = None,
 ) -> int:
+    """One snapshot; with ``database`` (or a :class:`JobsStats` saying why there is none)
+    the IN_PROGRESS jobs too."""
     out = out or sys.stdout
     try:
-        text = _snapshot(client, settings, as_json=as_json, indent=2)
+        text = _snapshot(client, settings, as_json=as_json, indent=2, database=database)
     except redis.RedisError as error:
         print(_unavailable(settings, error), file=sys.stderr)
         return EXIT_FAILURE
@@ -119,6 +178,7 @@ def watch(
     as_json: bool,
     out: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    database: Any = None,
 ) -> int:
     """Refresh until Ctrl-C. JSON is one object per line (for piping); text redraws the
     screen on a terminal and is separated by blank lines elsewhere. Redis errors go to
@@ -128,7 +188,7 @@ def watch(
     try:
         while True:
             try:
-                text = _snapshot(client, settings, as_json=as_json, indent=None)
+                text = _snapshot(client, settings, as_json=as_json, indent=None, database=database)
             except redis.RedisError as error:
                 # On stderr, so a JSON-lines reader of stdout never sees it.
                 print(_unavailable(settings, error), file=sys.stderr, flush=True)
