@@ -8,6 +8,8 @@ import json
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +428,165 @@ def test_cli_demo_on_fakeredis() -> None:
     assert_finished(completed)
     assert "Redis:   in-process fakeredis (--fake-redis)" in completed.stdout
     assert "MongoDB: in-memory (memory://)" in completed.stdout
+    assert "dies" not in completed.stdout and "  error " not in completed.stdout
+
+
+# -- --kill-server: the FL server dies mid-run, the watchdog finishes the job -----------
+
+WATCHDOG_MESSAGE = re.compile(
+    r"no event from the FL server since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ; "
+    r"finished by florist-worker after 2 s of silence"
+)
+
+
+def heartbeat_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("florist-events-heartbeat")}
+
+
+def test_the_server_is_killed_in_the_second_half_of_the_run() -> None:
+    steps = demo.plan_steps(samples.load_run_events())
+    at = demo.kill_point(steps)
+    assert at >= len(steps) // 2
+    assert steps[at] == demo.ReportStep(demo.SERVER, steps[at].data, 2)  # inside round 2
+    assert all(
+        not (isinstance(step, demo.ReportStep) and "fit_end" in step.data) for step in steps[:at]
+    )
+
+
+def test_kill_settings_shorten_only_the_watchdog_limits() -> None:
+    names = demo.DemoNames.fresh()
+    settings = demo.kill_settings(names)
+    assert (settings.stale_after_s, settings.watchdog_interval_s) == (2.0, 0.5)
+    assert settings.stream == names.stream and settings.group == names.group
+    assert demo.demo_settings(names).stale_after_s == 600  # the normal demo keeps the default
+
+
+def test_kill_server_demo_ends_with_the_watchdogs_finish(
+    fake_redis: redis.Redis, database: Database[Any]
+) -> None:
+    names = demo.DemoNames.fresh()
+    threads_before = heartbeat_threads()
+    started = time.monotonic()
+    result, output = run_in_process(fake_redis, database, names=names, kill_server=True)
+    took = time.monotonic() - started
+
+    assert result.ok, result.problems
+    steps = demo.plan_steps(samples.load_run_events())
+    assert result.killed_at_step == demo.kill_point(steps)
+    document = database["job"].find_one({"_id": result.job_id})
+    assert document is not None
+    assert document["status"] == "FINISHED_WITH_ERROR"
+    assert WATCHDOG_MESSAGE.fullmatch(document["error_message"])
+    assert result.error_message == document["error_message"]
+    server = json.loads(document["server_metrics"])
+    assert "fit_end" not in server and "shutdown" not in server
+    assert demo.current_round(document["server_metrics"]) == 2
+    assert all(demo.current_round(c["metrics"]) == 2 for c in document["clients_info"])
+    assert result.dead_letters == []
+    assert set(result.counts) <= {"applied", "coalesced", "duplicate"}
+    assert 2.0 <= took < 15  # the shortened limit, then the watchdog's next scan
+
+    lines = output.splitlines()
+    died = next(i for i, line in enumerate(lines) if "the FL server process dies" in line)
+    before, after = lines[:died], lines[died:]
+    assert not any("FINISHED" in line for line in before)  # not reaped while it lived
+    assert any("waiting: server silent" in line for line in after)
+    assert any("the watchdog publishes job.status FINISHED_WITH_ERROR" in line for line in after)
+    assert any(
+        line.endswith(
+            "status FINISHED_WITH_ERROR | server round 2 | client-0 round 2 | client-1 round 2"
+        )
+        for line in after
+    )
+    assert f"  error    {document['error_message']}" in lines
+    assert "FLORIST_STALE_AFTER_S=2, FLORIST_WATCHDOG_INTERVAL_S=0.5" in output
+    assert fake_redis.keys("florist:demo:*") == []  # the watchdog's lock key too
+    assert heartbeat_threads() <= threads_before  # the clients' processes ended with the demo
+
+
+def test_a_live_server_is_not_reaped_while_its_rounds_outlast_the_limit(
+    fake_redis: redis.Redis, database: Database[Any]
+) -> None:
+    """Paced so that the run before the kill lasts longer than the 2 s limit: the server's
+    heartbeats keep the job IN_PROGRESS until it dies."""
+    steps = demo.plan_steps(samples.load_run_events())
+    pace_s = 2.5 / demo.kill_point(steps)
+    out = io.StringIO()
+    result = demo.run_demo(fake_redis, database, pace_s=pace_s, out=out, kill_server=True)
+
+    assert result.ok, result.problems
+    stamps = [
+        (float(m.group(1)), m.group(2))
+        for m in re.finditer(r"^\[\s*([\d.]+)s\] (.*)$", out.getvalue(), re.MULTILINE)
+    ]
+    died = next(at for at, text in stamps if text.startswith("the FL server process dies"))
+    finished = next(at for at, text in stamps if text.startswith("status FINISHED_WITH_ERROR"))
+    assert died >= 2.5
+    assert finished - died >= 1.5  # a full silence after the death, not after the start
+
+
+def test_kill_server_handler_exits_1_when_the_watchdog_does_not_finish_the_job(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    off = demo.kill_settings
+    monkeypatch.setattr(
+        demo_command, "kill_settings", lambda names, **kw: off(names, **kw, stale_after_s=0)
+    )
+    monkeypatch.setattr(demo, "KILL_SLACK_S", 1.0)
+    arguments = parse_demo_args("--fake-redis", "--fast", "--kill-server")
+    threads_before = heartbeat_threads()
+
+    assert arguments.handler(arguments) == 1
+
+    captured = capsys.readouterr()
+    assert (
+        "demo FAILED: final status is IN_PROGRESS, expected FINISHED_WITH_ERROR; "
+        "error_message is None, expected the watchdog's 'no event from the FL server since ...'"
+    ) in captured.err
+    assert "demo OK" not in captured.out
+    assert heartbeat_threads() <= threads_before
+
+
+def test_kill_server_handler_exits_1_when_the_job_finishes_normally(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the server's fit_end got through before the kill, the demo did not show what it
+    meant to: exit 1."""
+    monkeypatch.setattr(demo, "kill_point", lambda steps: len(steps))
+    arguments = parse_demo_args("--fake-redis", "--fast", "--kill-server")
+
+    assert arguments.handler(arguments) == 1
+
+    err = capsys.readouterr().err
+    assert "final status is FINISHED_SUCCESSFULLY, expected FINISHED_WITH_ERROR" in err
+
+
+def test_cli_kill_server_demo_on_fakeredis() -> None:
+    started = time.monotonic()
+    completed = run_cli("--fake-redis", "--fast", "--kill-server")
+    took = time.monotonic() - started
+
+    assert completed.returncode == 0, completed.stderr
+    out = completed.stdout
+    assert "the FL server process dies" in out
+    assert "  status   FINISHED_WITH_ERROR" in out
+    assert re.search(r"^  server\s+rounds 2$", out, re.MULTILINE)  # no fit_end
+    last = out.rstrip().splitlines()[-1]
+    assert last.startswith(
+        "demo OK: the FL server died mid-run and the watchdog finished the job as "
+        "FINISHED_WITH_ERROR: "
+    )
+    assert WATCHDOG_MESSAGE.search(last)
+    assert took < 20
+
+
+@pytest.mark.redis_server
+def test_cli_kill_server_demo_on_a_real_redis(redis_url: str, real_redis: redis.Redis) -> None:
+    real_redis.xadd("florist:events", {"keep": "me"})
+    completed = run_cli("--redis-url", redis_url, "--fast", "--kill-server")
+
+    assert completed.returncode == 0, completed.stderr
+    assert "  status   FINISHED_WITH_ERROR" in completed.stdout
+    assert WATCHDOG_MESSAGE.search(completed.stdout)
+    assert real_redis.keys("florist:demo:*") == []  # stream, dead letters and the lock
+    assert real_redis.xlen("florist:events") == 1

@@ -234,3 +234,15 @@ def test_deploy_readme_says_logs_go_to_stderr():
     text = DEPLOY_README.read_text()
     assert "on **stderr**" in text
     assert "log line on stdout" not in text
+
+
+def test_the_readme_acl_lines_are_the_deploy_files():
+    """The README shows the ACL users as deploy/redis-acl.conf defines them."""
+    root = Path(__file__).resolve().parent.parent
+    conf = [
+        line
+        for line in (root / "deploy" / "redis-acl.conf").read_text().splitlines()
+        if line.startswith("user ")
+    ]
+    shown = [line for line in README.read_text().splitlines() if line.startswith("user ")]
+    assert shown == conf

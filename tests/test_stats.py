@@ -756,3 +756,25 @@ def test_redis_only_callers_get_no_jobs(real_redis: redis.Redis, redis_url: str)
     stats = collect_stats(real_redis, settings_for(redis_url))
     assert stats.jobs is None and stats.to_dict()["jobs"] is None
     assert "IN_PROGRESS" not in render_stats(stats)
+
+
+def test_a_redis_user_without_time_still_gets_the_redis_part(
+    real_redis: redis.Redis, redis_url: str, database: Database[Any]
+) -> None:
+    real_redis.acl_setuser(
+        "no-time",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        commands=["+@all", "-time"],
+    )
+    try:
+        client = redis.Redis.from_url(redis_url, username="no-time", password="pw")
+        jobs = collect_jobs(client, database, settings_for(redis_url))
+        client.close()
+    finally:
+        real_redis.acl_deluser("no-time")
+
+    assert jobs.available is False
+    assert jobs.error is not None and jobs.error.startswith("Redis refused a command")
+    assert "TIME" in jobs.error

@@ -291,12 +291,20 @@ def collect_jobs(
     Ages are measured as the watchdog measures them: from the host's last event
     (``server_last_event_ms``, ``clients_info[].last_event_ms``) to the group's consumed
     horizon (:func:`worker.watchdog.consumed_horizon`). MongoDB gets ``timeout_s`` in all
-    (server selection included); a MongoDB error gives :meth:`JobsStats.unavailable`.
-    Raises ``redis.RedisError`` when Redis does not answer (the horizon needs it).
+    (server selection included); a MongoDB error, or Redis refusing TIME (an ACL user
+    without it), gives :meth:`JobsStats.unavailable`. Raises ``redis.RedisError`` when
+    Redis does not answer (the horizon needs it).
     """
     label = database_label(settings)
-    now_ms = redis_now_ms(redis_client)
-    horizon = consumed_horizon(redis_client, settings.stream, settings.group, now_ms)
+    try:
+        now_ms = redis_now_ms(redis_client)
+        horizon = consumed_horizon(redis_client, settings.stream, settings.group, now_ms)
+    except redis.ResponseError as error:  # e.g. NOPERM: an ACL user without TIME
+        return JobsStats.unavailable(
+            label,
+            f"Redis refused a command the ages need ({_first_line(error)}); the worker's "
+            "ACL user has TIME (deploy/redis-acl.conf)",
+        )
     group_exists = horizon is not None
     horizon_ms = now_ms if horizon is None else horizon
     limit_s = settings.stale_after_s

@@ -259,6 +259,8 @@ def describe_validation_error(
     flags, flags_only = set(flags), set(flags_only)
     problems = []
     for item in error.errors(include_url=False):
+        if item["type"] == "default_factory_not_called":
+            continue  # a default derived from a setting that is itself wrong: said above
         message = str(item["msg"]).removeprefix("Value error, ")
         location = [str(part) for part in item["loc"]]
         if not location:  # a check across settings: its message names them
