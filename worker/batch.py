@@ -96,20 +96,24 @@ def plan_batch(
 ) -> list[Planned]:
     """Plan a batch in stream order; superseded snapshots are marked ``coalesced``."""
     planned = [plan_entry(entry, limits, requeues) for entry in entries]
+    # Each event's coalescing target, once (None: never coalesced).
+    targets = [
+        coalesce_target(item.event)
+        if item.event is not None and item.position is not None and may_be_coalesced(item.event)
+        else None
+        for item in planned
+    ]
     newest: dict[tuple[str, ...], StreamPosition] = {}
-    for item in planned:
-        if item.event is None or item.position is None:
-            continue
-        target = coalesce_target(item.event)
-        if target is not None and (target not in newest or newest[target] < item.position):
-            newest[target] = item.position
+    for item, target in zip(planned, targets, strict=True):
+        if item.event is not None and item.position is not None:
+            key = target or coalesce_target(item.event)  # a finishing snapshot still counts
+            if key is not None and (key not in newest or newest[key] < item.position):
+                newest[key] = item.position
     result = []
-    for item in planned:
-        if item.event is not None and item.position is not None and may_be_coalesced(item.event):
-            target = coalesce_target(item.event)
-            if target is not None and item.position < newest[target]:
-                item = Planned(
-                    item.entry, item.event, item.position, Outcome.COALESCED, origin=item.origin
-                )
+    for item, target in zip(planned, targets, strict=True):
+        if target is not None and item.position is not None and item.position < newest[target]:
+            item = Planned(
+                item.entry, item.event, item.position, Outcome.COALESCED, origin=item.origin
+            )
         result.append(item)
     return result

@@ -9,11 +9,9 @@ the integer-pair order over the whole unsigned 64-bit range.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Self
 
-_ID_PATTERN = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # ASCII digits, whole text
 _MAX_PART = 2**64 - 1
 
 
@@ -31,10 +29,18 @@ class StreamPosition:
     @classmethod
     def parse(cls, entry_id: str | bytes) -> Self:
         text = entry_id.decode("ascii", "replace") if isinstance(entry_id, bytes) else entry_id
-        match = _ID_PATTERN.fullmatch(text)
-        if match is None:
+        head, dash, tail = text.partition("-")
+        # ASCII digits only (str.isdigit() alone takes "²", which int() refuses), 1-20 each.
+        if not (
+            dash
+            and text.isascii()
+            and head.isdigit()
+            and tail.isdigit()
+            and len(head) <= 20
+            and len(tail) <= 20
+        ):
             raise InvalidStreamId(f"not a stream entry ID (expected <ms>-<seq>): {text!r}")
-        milliseconds, sequence = int(match.group(1)), int(match.group(2))
+        milliseconds, sequence = int(head), int(tail)
         if milliseconds > _MAX_PART or sequence > _MAX_PART:
             raise InvalidStreamId(f"stream entry ID part out of range: {text!r}")
         return cls(milliseconds, sequence)
