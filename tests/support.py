@@ -88,6 +88,21 @@ def last_snapshots(entries: list[dict[str, str]]) -> tuple[Any, dict[str, Any]]:
     return server, clients
 
 
+class WithJobCollection:
+    """A database whose ``job`` collection is ``collection`` (a test double wrapping the
+    real one); everything else is the wrapped database's."""
+
+    def __init__(self, database: Any, collection: Any) -> None:
+        self._database = database
+        self.collection = collection
+
+    def __getitem__(self, name: str) -> Any:
+        return self.collection if name == "job" else self._database[name]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._database, name)
+
+
 class RecordingStore(MongoJobStore):
     """The real store, remembering every outcome per position (to prove exactly once)."""
 

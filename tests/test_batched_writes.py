@@ -20,7 +20,7 @@ from pymongo.errors import BulkWriteError, WriteError
 
 from tests.conftest import load_job_document, load_sample_entries
 from tests.mongo_checks import CheckingDatabase
-from tests.support import STREAM, job_of, make_worker, requeued
+from tests.support import STREAM, WithJobCollection, job_of, make_worker, requeued
 from worker.events import parse_entry
 from worker.health import read_heartbeat
 from worker.memorydb import EmulatedBulk
@@ -145,18 +145,6 @@ class RacedCollection:
         return getattr(self._collection, name)
 
 
-class RacedDatabase:
-    def __init__(self, database: Any, race: Any) -> None:
-        self._database = database
-        self.collection = RacedCollection(database["job"], race)
-
-    def __getitem__(self, name: str) -> Any:
-        return self.collection if name == "job" else self._database[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._database, name)
-
-
 def _server(version: int) -> Any:
     return parse_entry(
         {
@@ -187,7 +175,9 @@ def test_a_write_between_the_read_and_the_bulk_is_settled_exactly():
     def race() -> None:  # another worker applies a newer server snapshot meanwhile
         assert other_worker.apply(_server(7), StreamPosition(7, 0)) is Outcome.APPLIED
 
-    store = MongoJobStore(RacedDatabase(database, race))  # type: ignore[arg-type]
+    store = MongoJobStore(
+        WithJobCollection(database, RacedCollection(database["job"], race))  # type: ignore[arg-type]
+    )
     items = [
         (_server(5), StreamPosition(5, 0)),
         (_client(CLIENT_UUIDS[0], 6), StreamPosition(6, 0)),

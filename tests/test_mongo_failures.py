@@ -32,7 +32,14 @@ from pymongo.errors import (
     WriteError,
 )
 
-from tests.support import STREAM, dead_letters, job_of, make_worker, pending_of
+from tests.support import (
+    STREAM,
+    WithJobCollection,
+    dead_letters,
+    job_of,
+    make_worker,
+    pending_of,
+)
 from worker import effects
 from worker.errors import Misconfigured
 from worker.mongo_failures import Failure, classify
@@ -159,18 +166,6 @@ class ScriptedCollection:
         return getattr(self._collection, name)
 
 
-class ScriptedDatabase:
-    def __init__(self, database: Any, collection: ScriptedCollection) -> None:
-        self._database = database
-        self.collection = collection
-
-    def __getitem__(self, name: str) -> Any:
-        return self.collection if name == "job" else self._database[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._database, name)
-
-
 def _jobs(database: Any) -> None:
     for job in (JOB, "other"):
         database["job"].insert_one({"_id": job, "status": "NOT_STARTED", "clients_info": []})
@@ -188,7 +183,7 @@ def _publish(client: Any) -> None:
 
 
 def _scripted(database: Any, error: BaseException, job: str | None, times: int) -> Any:
-    return ScriptedDatabase(database, ScriptedCollection(database["job"], error, job, times))
+    return WithJobCollection(database, ScriptedCollection(database["job"], error, job, times))
 
 
 @pytest.mark.parametrize("name", sorted(OUTAGES))

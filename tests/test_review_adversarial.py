@@ -17,7 +17,7 @@ import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, WriteError
 
 from tests.mongo_checks import CheckingDatabase
-from tests.support import STREAM, job_of, settings
+from tests.support import STREAM, WithJobCollection, job_of, settings
 from worker.consumer import Worker
 from worker.deadletter import requeue
 from worker.events import parse_entry
@@ -82,20 +82,8 @@ class _Collection:
         return getattr(self._collection, name)
 
 
-class _Database:
-    def __init__(self, database: Any, collection: _Collection) -> None:
-        self._database = database
-        self.collection = collection
-
-    def __getitem__(self, name: str) -> Any:
-        return self.collection if name == "job" else self._database[name]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._database, name)
-
-
 def _hooked(database: Any, *, on_update: Any = None, after_find: Any = None) -> Any:
-    return _Database(database, _Collection(database["job"], on_update, after_find))
+    return WithJobCollection(database, _Collection(database["job"], on_update, after_find))
 
 
 def _event(fields: dict[str, str]) -> Any:

@@ -245,3 +245,32 @@ def test_python_values_the_producer_refuses(call: Any, why: str) -> None:
     publisher.limits = PRODUCER_LIMITS
     with pytest.raises(InvalidEvent, match=why):
         call(publisher)
+
+
+from florist_events.jsontext import dumps_compatible, dumps_strict  # noqa: E402
+
+from tests.test_hostile import assert_browser_json  # noqa: E402
+from worker.jsontext import parse_metrics_text  # noqa: E402
+
+# --- the producers' encoder always writes what the browser and the worker read alike ------
+
+_any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**1100), 2**1100)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=10,
+)
+
+
+@SETTINGS
+@given(st.dictionaries(st.text(max_size=4), _any_json, max_size=4))
+def test_strict_text_has_no_number_a_browser_reads_as_infinity(value: dict[str, Any]) -> None:
+    for text in (dumps_strict(value), dumps_compatible(value)):
+        assert_browser_json(text)
+    _parsed, stored = parse_metrics_text(dumps_strict(value), 64)
+    assert stored == dumps_strict(value)  # stored as the producer wrote it

@@ -178,19 +178,11 @@ _NAMED_BY_JOB_OR_SERVER: Final[JsonDict] = {
 }
 
 
-def _needs_job_or_server(event: Any) -> None:
-    if event.job_id is None and event.server_uuid is None:
-        raise ValueError(
-            f"missing field 'job_id' or 'server_uuid' (one is required for {event.type})"
-        )
-
-
-class ServerMetricsEvent(_MetricsEntry):
-    """The FL server's whole current metrics snapshot."""
+class _FromServer(_Entry):
+    """An event of the FL server: it names its job by ``job_id`` or by its own uuid."""
 
     model_config = ConfigDict(json_schema_extra=_NAMED_BY_JOB_OR_SERVER)
 
-    type: Literal["server.metrics"]
     server_uuid: OptionalName = Field(
         default=None,
         description="the FL server's uuid (Job.server_uuid): names the job when job_id is absent",
@@ -198,8 +190,18 @@ class ServerMetricsEvent(_MetricsEntry):
 
     @model_validator(mode="after")
     def _named(self) -> Self:
-        _needs_job_or_server(self)
+        if self.job_id is None and self.server_uuid is None:
+            kind = getattr(self, "type", "this event")
+            raise ValueError(
+                f"missing field 'job_id' or 'server_uuid' (one is required for {kind})"
+            )
         return self
+
+
+class ServerMetricsEvent(_MetricsEntry, _FromServer):
+    """The FL server's whole current metrics snapshot."""
+
+    type: Literal["server.metrics"]
 
     @property
     def finishes_job(self) -> bool:
@@ -217,22 +219,10 @@ class ClientMetricsEvent(_MetricsEntry):
     )
 
 
-class JobStatusEvent(_Entry):
+class JobStatusEvent(_FromServer):
     """A change of the job's status, with an optional reason for an error finish."""
 
-    model_config = ConfigDict(json_schema_extra=_NAMED_BY_JOB_OR_SERVER)
-
     type: Literal["job.status"]
-    server_uuid: OptionalName = Field(
-        default=None,
-        description="the FL server's uuid (Job.server_uuid): names the job when job_id is absent",
-    )
-
-    @model_validator(mode="after")
-    def _named(self) -> Self:
-        _needs_job_or_server(self)
-        return self
-
     status: JobStatus
     error_message: OptionalText = Field(
         default=None, description="why a job finished with an error"

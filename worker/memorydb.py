@@ -48,37 +48,27 @@ class EmulatedBulk:
                     request._filter, request._doc, array_filters=request._array_filters
                 )
             except WriteError as error:  # this document's refusal; command-level errors
-                raise BulkWriteError(
-                    {
-                        "writeErrors": [
-                            {
-                                "index": index,
-                                "code": error.code,
-                                "errmsg": str(error),
-                                "op": {"q": request._filter, "u": request._doc},
-                            }
-                        ],
-                        "writeConcernErrors": [],
-                        "nInserted": 0,
-                        "nUpserted": 0,
-                        "nMatched": matched,
-                        "nModified": modified,
-                        "nRemoved": 0,
-                        "upserted": [],
-                    }
-                ) from error
+                failed = {
+                    "index": index,
+                    "code": error.code,
+                    "errmsg": str(error),
+                    "op": {"q": request._filter, "u": request._doc},
+                }
+                raise BulkWriteError(_reply(matched, modified, [failed])) from error
             matched += result.matched_count
             modified += result.modified_count or 0
-        return BulkWriteResult(
-            {
-                "writeErrors": [],
-                "writeConcernErrors": [],
-                "nInserted": 0,
-                "nUpserted": 0,
-                "nMatched": matched,
-                "nModified": modified,
-                "nRemoved": 0,
-                "upserted": [],
-            },
-            acknowledged=True,
-        )
+        return BulkWriteResult(_reply(matched, modified, []), acknowledged=True)
+
+
+def _reply(matched: int, modified: int, write_errors: list[dict[str, Any]]) -> dict[str, Any]:
+    """An ordered bulk's reply as pymongo reports it (updates only)."""
+    return {
+        "writeErrors": write_errors,
+        "writeConcernErrors": [],
+        "nInserted": 0,
+        "nUpserted": 0,
+        "nMatched": matched,
+        "nModified": modified,
+        "nRemoved": 0,
+        "upserted": [],
+    }

@@ -17,6 +17,7 @@ import datetime as dt
 import enum
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,10 +41,20 @@ def _non_finite_as_text(value: float) -> str:
     return "Infinity" if value > 0 else "-Infinity"
 
 
+def _beyond_double(value: Any) -> bool:
+    """An integer no double can hold: ``JSON.parse`` would read it as an infinity."""
+    return (
+        isinstance(value, int) and not isinstance(value, bool) and abs(value) > sys.float_info.max
+    )
+
+
 def replace_non_finite(value: Any) -> Any:
-    """Return ``value`` with every NaN/Infinity float replaced by its string name."""
+    """Return ``value`` with every number no double can hold replaced by its string name:
+    NaN and infinite floats, and integers beyond a double's range."""
     if isinstance(value, float):
         return value if math.isfinite(value) else _non_finite_as_text(value)
+    if _beyond_double(value):
+        return "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, dict):
         return {key: replace_non_finite(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
@@ -52,9 +63,11 @@ def replace_non_finite(value: Any) -> Any:
 
 
 def contains_non_finite(value: Any) -> bool:
-    """Whether a NaN or an infinity is anywhere among ``value``'s values."""
+    """Whether a NaN, an infinity or an integer beyond a double is among ``value``'s values."""
     if isinstance(value, float):
         return not math.isfinite(value)
+    if _beyond_double(value):
+        return True
     if isinstance(value, dict):
         return any(contains_non_finite(item) for item in value.values())
     if isinstance(value, list | tuple):
@@ -66,11 +79,15 @@ def _dumps(value: Any, **options: Any) -> str:
     # The common case (no NaN anywhere) costs one json.dumps with allow_nan=False; only
     # when that refuses a value is the structure copied with the floats replaced.
     try:
-        return json.dumps(value, allow_nan=False, **options)
+        text = json.dumps(value, allow_nan=False, **options)
     except ValueError:
         if not contains_non_finite(value):
             raise
-    return json.dumps(replace_non_finite(value), allow_nan=False, **options)
+        return json.dumps(replace_non_finite(value), allow_nan=False, **options)
+    # An integer beyond a double has at least 309 digits, which json.dumps writes as they are.
+    if len(text) > 308 and contains_non_finite(value):
+        return json.dumps(replace_non_finite(value), allow_nan=False, **options)
+    return text
 
 
 def dumps_strict(value: Any) -> str:
