@@ -17,6 +17,7 @@ from tests.redis_server import RedisServer, free_port
 from worker.commands import emit
 from worker.entities import JobStatus
 from worker.events import (
+    EVENT_TYPES,
     ClientMetricsEvent,
     JobStatusEvent,
     Limits,
@@ -326,6 +327,29 @@ def test_emit_server_metrics(
     event = parse_entry(fields)
     assert isinstance(event, ServerMetricsEvent)
     assert event.metrics == {"fit_start": "t", "loss": "NaN"}
+
+
+@pytest.mark.redis_server
+@pytest.mark.parametrize("event_type", list(EVENT_TYPES))
+def test_emit_takes_each_event_type_as_the_stream_names_it(
+    event_type: str, emit_env: str, real_redis: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every type the wire format has is a kind `emit` accepts under that very name, and
+    publishes what the hyphenated kind publishes."""
+    options = {
+        "server.metrics": ["--job", JOB, "--metrics", '{"a": 1}'],
+        "client.metrics": ["--job", JOB, "--client-uuid", CLIENT, "--metrics", '{"a": 1}'],
+        "job.status": ["--job", JOB, "--status", "IN_PROGRESS"],
+    }.get(event_type)
+    if options is None:  # a type emit does not publish (heartbeats come from reporters)
+        assert event_type not in emit.KIND_ALIASES
+        return
+    canonical = emit.KIND_ALIASES[event_type]
+    assert run_emit([event_type, *options], capsys)[0] == 0
+    assert run_emit([canonical, *options], capsys)[0] == 0
+    by_type, by_kind = (parse_entry(fields) for _, fields in entries(real_redis))
+    assert by_type.type == by_kind.type == event_type
+    assert by_type.model_dump(exclude={"sent_at"}) == by_kind.model_dump(exclude={"sent_at"})
 
 
 @pytest.mark.redis_server

@@ -62,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     server = kinds.add_parser(
         "server-metrics",
+        aliases=["server.metrics"],  # the event's type as the stream and the contract name it
         parents=[common, job],
         help="the FL server's whole metrics snapshot",
         description="Publish a server.metrics event: the FL server's whole current metrics "
@@ -72,6 +73,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     client = kinds.add_parser(
         "client-metrics",
+        aliases=["client.metrics"],  # the event's type as the stream and the contract name it
         parents=[common, job],
         help="one FL client's whole metrics snapshot",
         description="Publish a client.metrics event: one FL client's whole current metrics "
@@ -83,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
     status = kinds.add_parser(
         "status",
+        aliases=["job.status"],  # the event's type as the stream and the contract name it
         parents=[common, job],
         help="a change of the job status",
         description="Publish a job.status event. NOT_STARTED -> IN_PROGRESS -> FINISHED_*; "
@@ -137,9 +140,17 @@ def _publisher(arguments: argparse.Namespace) -> tuple[EventPublisher, str]:
     return publisher, settings.redis_url
 
 
+# The event types as the stream names them, accepted for the kinds they publish.
+KIND_ALIASES = {
+    "server.metrics": "server-metrics",
+    "client.metrics": "client-metrics",
+    "job.status": "status",
+}
+
+
 def _prepare(arguments: argparse.Namespace, publisher: EventPublisher) -> Callable[[], str]:
     """Validate everything that can be checked offline; return the publishing call."""
-    kind = arguments.kind
+    kind = KIND_ALIASES.get(arguments.kind, arguments.kind)
     if kind == "server-metrics":
         metrics = _json_object(arguments.metrics, "--metrics")
         return lambda: publisher.server_metrics(arguments.job, metrics)
