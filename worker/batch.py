@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from worker.effects import coalesce_target, may_be_coalesced
+from worker.effects import coalesce_target, is_finishing
 from worker.events import Event, InvalidEntry, Limits, parse_entry
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
@@ -49,6 +49,33 @@ class Planned:
         return self.origin or self.entry.id
 
 
+_new = object.__new__
+# The slots' own setters: a frozen dataclass refuses plain assignment.
+_set_entry, _set_event, _set_position, _set_outcome, _set_error, _set_origin = (
+    Planned.__dict__[name].__set__
+    for name in ("entry", "event", "position", "outcome", "error", "origin")
+)
+
+
+def _planned(
+    entry: Entry,
+    event: Event | None,
+    position: StreamPosition | None,
+    outcome: Outcome | None,
+    origin: str,
+) -> Planned:
+    """``Planned(entry, event, position, outcome, origin=origin)`` in under half the time
+    of the frozen dataclass's ``__init__``: one per entry on the hot path."""
+    item: Planned = _new(Planned)
+    _set_entry(item, entry)
+    _set_event(item, event)
+    _set_position(item, position)
+    _set_outcome(item, outcome)
+    _set_error(item, "")
+    _set_origin(item, origin)
+    return item
+
+
 def describe(error: BaseException) -> str:
     """An unforeseen exception as one line: its type and message."""
     return f"{type(error).__name__}: {error}"
@@ -56,26 +83,32 @@ def describe(error: BaseException) -> str:
 
 def plan_entry(entry: Entry, limits: Limits, requeues: Mapping[str, str] = NO_RECORDS) -> Planned:
     """Parse one entry; a bad one gets its final outcome and the reason right away."""
-    if entry.fields is None:
+    fields = entry.fields
+    if fields is None:
         return Planned(entry, outcome=Outcome.LOST, error="trimmed from the stream while pending")
     try:
-        return _plan(entry, entry.fields, limits, requeues)
+        own = StreamPosition.parse(entry.id)
+        # No origin_id field, nothing to vouch for (what vouched_origin would find).
+        vouched = vouched_origin(fields, requeues) if b"origin_id" in fields else None
+        origin = vouched if vouched is not None else entry.id
+        try:
+            event = parse_entry(fields, limits)
+        except InvalidEntry as error:
+            return Planned(
+                entry, outcome=Outcome(error.outcome), error=error.message, origin=origin
+            )
+        if event.origin_id is None:
+            return _planned(entry, event, own, None, origin)
+        return _requeued(entry, event, own, vouched, origin)
     except Exception as error:  # noqa: BLE001 (last resort: the entry, not the worker, fails)
         return Planned(entry, outcome=Outcome.INTERNAL_ERROR, error=describe(error))
 
 
-def _plan(
-    entry: Entry, fields: Mapping[bytes, bytes], limits: Limits, requeues: Mapping[str, str]
+def _requeued(
+    entry: Entry, event: Event, own: StreamPosition, vouched: str | None, origin: str
 ) -> Planned:
-    own = StreamPosition.parse(entry.id)
-    vouched = vouched_origin(fields, requeues)
-    origin = vouched if vouched is not None else entry.id
-    try:
-        event = parse_entry(fields, limits)
-    except InvalidEntry as error:
-        return Planned(entry, outcome=Outcome(error.outcome), error=error.message, origin=origin)
-    if event.origin_id is None:
-        return Planned(entry, event=event, position=own, origin=origin)
+    """An event with an ``origin_id``: it stands there only if a requeue record vouches
+    for it, and only if that is before the entry's own ID."""
     if vouched is None:
         message = (
             f"origin_id {event.origin_id} is not vouched for by a requeue record: only "
@@ -96,24 +129,25 @@ def plan_batch(
 ) -> list[Planned]:
     """Plan a batch in stream order; superseded snapshots are marked ``coalesced``."""
     planned = [plan_entry(entry, limits, requeues) for entry in entries]
-    # Each event's coalescing target, once (None: never coalesced).
-    targets = [
-        coalesce_target(item.event)
-        if item.event is not None and item.position is not None and may_be_coalesced(item.event)
-        else None
-        for item in planned
-    ]
+    # Each event's coalescing target, computed once per entry (None: never coalesced),
+    # and the newest position of each target, a finishing snapshot included.
+    keys: list[tuple[str, ...] | None] = []
     newest: dict[tuple[str, ...], StreamPosition] = {}
-    for item, target in zip(planned, targets, strict=True):
-        if item.event is not None and item.position is not None:
-            key = target or coalesce_target(item.event)  # a finishing snapshot still counts
-            if key is not None and (key not in newest or newest[key] < item.position):
-                newest[key] = item.position
-    result = []
-    for item, target in zip(planned, targets, strict=True):
-        if target is not None and item.position is not None and item.position < newest[target]:
-            item = Planned(
-                item.entry, item.event, item.position, Outcome.COALESCED, origin=item.origin
-            )
-        result.append(item)
-    return result
+    for item in planned:
+        event, position, key = item.event, item.position, None
+        if event is not None and position is not None:
+            key = coalesce_target(event)
+            if key is not None:
+                latest = newest.get(key)
+                if latest is None or latest < position:
+                    newest[key] = position
+        keys.append(key)
+    for item, key in zip(planned, keys, strict=True):
+        if key is None or item.event is None or item.position is None:
+            continue
+        latest = newest[key]
+        # A finishing snapshot is never coalesced (what effects.may_be_coalesced says).
+        if latest is not item.position and item.position < latest and not is_finishing(item.event):
+            # Made above and seen by no one yet: marked in place, not made again.
+            _set_outcome(item, Outcome.COALESCED)
+    return planned

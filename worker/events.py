@@ -163,8 +163,11 @@ class _MetricsEntry(_Entry):
         The text as received is kept when it is strict JSON already, which saves
         encoding every snapshot again (see :func:`worker.jsontext.parse_metrics_text`).
         """
-        if self._stored_text is not None:
-            return self._stored_text
+        # Read from pydantic's private storage: its attribute lookup is slow.
+        private = self.__pydantic_private__
+        stored = private.get("_stored_text") if private else None
+        if stored is not None:
+            return str(stored)
         return dumps_strict(self.metrics)
 
     @field_validator("metrics", mode="before")
@@ -291,22 +294,9 @@ Event = ServerMetricsEvent | ClientMetricsEvent | JobStatusEvent | HeartbeatEven
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Annotated[Event, Field(discriminator="type")])
 
 
-def _decode_fields(fields: FieldMap) -> tuple[dict[str, Any], int]:
-    """Field names and values as text, and the entry's size in bytes.
-
-    The common case (every key and value UTF-8 bytes) is one comprehension; anything
-    else takes the slow path, which names the offending field.
-    """
-    items: Any = fields.items()
-    try:
-        decoded = {key.decode(): value.decode() for key, value in items}
-    except (AttributeError, UnicodeDecodeError):
-        return _decode_fields_slowly(fields)
-    size = sum(map(len, fields.keys())) + sum(map(len, fields.values()))
-    return decoded, size
-
-
 def _decode_fields_slowly(fields: FieldMap) -> tuple[dict[str, Any], int]:
+    """Field names and values as text, and the size in bytes, of a map that is not all
+    UTF-8 bytes: names the offending field (:func:`parse_entry` does the common case)."""
     decoded: dict[str, Any] = {}
     size = 0
     for raw_key, raw_value in fields.items():
@@ -384,21 +374,179 @@ def _describe(error: ValidationError, event_type: str) -> str:
     return "; ".join(problems)
 
 
+# -- the fast path ---------------------------------------------------------------------
+#
+# pydantic's validation, its private-attribute set-up and the collector work its
+# containers cause were most of the worker's CPU per entry (bench/README.md, "Profile of
+# the read path"). Entries a producer wrote correctly take this path instead: it checks
+# exactly the models' rules and builds the same model instances as validation would
+# (the same ``__dict__`` in field order, fields set, private text), without running
+# validation. Anything it is not sure of, valid or not, goes to pydantic, so the models
+# stay the one source of every error message and outcome; tests/test_fast_path.py checks
+# that both paths agree on arbitrary and near-valid field maps.
+
+_STATUSES: Final[dict[str, JobStatus]] = {member.value: member for member in JobStatus}
+# Plain sets, never changed: set.intersection returns a set, as __pydantic_fields_set__
+# must be (a frozenset's would be a frozenset), and takes less than keys() & fields.
+_MODEL_FIELDS: Final[dict[type[BaseModel], set[str]]] = {
+    model: set(model.model_fields)
+    for model in (ServerMetricsEvent, ClientMetricsEvent, JobStatusEvent, HeartbeatEvent)
+}
+_new: Final = object.__new__
+# BaseModel's own slots, set through their descriptors (what model_construct does with
+# object.__setattr__, for less).
+_set_dict: Final = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set: Final = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra: Final = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private: Final = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def _origin_ok(origin_id: str) -> bool:
+    try:
+        StreamPosition.parse(origin_id)
+    except InvalidStreamId:
+        return False
+    return True
+
+
+def _fast_event(
+    event_type: str, decoded: dict[str, str], metrics: Any, stored_text: str | None
+) -> Event | None:
+    """The event, if ``decoded`` (every value an exact ``str``) is surely valid; ``None``
+    when pydantic must decide (and word the error, if any).
+
+    The instance is built as pydantic's validation leaves it, the way ``model_construct``
+    does without its per-field loop: every field in declaration order, the fields set
+    are the model's fields present in ``decoded``, no extra, the stored metrics text.
+    """
+    get = decoded.get
+    job_id = get("job_id")
+    origin_id = get("origin_id")
+    if job_id == "" or (origin_id is not None and not _origin_ok(origin_id)):
+        return None
+    model: type[Event]
+    private: dict[str, Any] | None = None
+    if event_type == SERVER_METRICS:
+        server_uuid = get("server_uuid")
+        if stored_text is None or server_uuid == "" or (job_id is None and server_uuid is None):
+            return None
+        model, private = ServerMetricsEvent, {"_stored_text": stored_text}
+        values = {
+            "v": decoded["v"],
+            "job_id": job_id,
+            "sent_at": get("sent_at"),
+            "origin_id": origin_id,
+            "requeue_token": get("requeue_token"),
+            "server_uuid": server_uuid,
+            "metrics": metrics,
+            "type": event_type,
+        }
+    elif event_type == CLIENT_METRICS:
+        client_uuid = get("client_uuid")
+        if stored_text is None or not client_uuid:
+            return None
+        model, private = ClientMetricsEvent, {"_stored_text": stored_text}
+        values = {
+            "v": decoded["v"],
+            "job_id": job_id,
+            "sent_at": get("sent_at"),
+            "origin_id": origin_id,
+            "requeue_token": get("requeue_token"),
+            "metrics": metrics,
+            "type": event_type,
+            "client_uuid": client_uuid,
+        }
+    elif event_type == JOB_STATUS:
+        server_uuid = get("server_uuid")
+        status = _STATUSES.get(get("status", ""))
+        if status is None or server_uuid == "" or (job_id is None and server_uuid is None):
+            return None
+        model = JobStatusEvent
+        values = {
+            "v": decoded["v"],
+            "job_id": job_id,
+            "sent_at": get("sent_at"),
+            "origin_id": origin_id,
+            "requeue_token": get("requeue_token"),
+            "server_uuid": server_uuid,
+            "type": event_type,
+            "status": status,
+            "error_message": get("error_message"),
+        }
+    elif event_type == HOST_HEARTBEAT:
+        host_type = get("host_type")
+        server_uuid = get("server_uuid")
+        client_uuid = get("client_uuid")
+        if host_type == "server":
+            named = server_uuid != "" and (job_id is not None or server_uuid is not None)
+        else:
+            named = host_type == "client" and bool(client_uuid)
+        if not named:
+            return None
+        model = HeartbeatEvent
+        values = {
+            "v": decoded["v"],
+            "job_id": job_id,
+            "sent_at": get("sent_at"),
+            "origin_id": origin_id,
+            "requeue_token": get("requeue_token"),
+            "type": event_type,
+            "host_type": host_type,
+            "server_uuid": server_uuid,
+            "client_uuid": client_uuid,
+        }
+    else:
+        return None
+    event: Event = _new(model)
+    _set_dict(event, values)
+    _set_fields_set(event, _MODEL_FIELDS[model].intersection(decoded))
+    _set_extra(event, None)
+    _set_private(event, private)
+    return event
+
+
+_DEFAULT_LIMITS: Final = Limits()
+_NAMES: Final = {
+    name.encode(): name
+    for name in {"type", *(name for model in _MODEL_FIELDS for name in model.model_fields)}
+}
+_VERSION_TEXT: Final = str(SCHEMA_VERSION)
+
+
 def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
     """Validate one stream entry's field map and return the typed event.
 
     Raises :class:`InvalidEntry` naming exactly what is wrong.
     """
-    limits = limits or Limits()
-    if not isinstance(fields, Mapping):
+    limits = limits or _DEFAULT_LIMITS
+    if type(fields) is not dict and not isinstance(fields, Mapping):  # skip the ABC check
         raise InvalidEntry("invalid", f"an entry must be a field map, got {type(fields).__name__}")
-    decoded, size = _decode_fields(fields)
+    # Field names and values as text, and the entry's size in bytes. The common case
+    # (every key and value UTF-8 bytes: then every value is an exact str, the fast
+    # path's precondition) is one comprehension; the slow path names a bad field.
+    items: Any = fields.items()
+    try:
+        try:  # the contract's field names map to their text: no key to decode, or free
+            decoded: dict[str, Any] = {_NAMES[key]: value.decode() for key, value in items}
+        except (KeyError, TypeError):  # a name of its own (or not a name at all)
+            items = fields.items()
+            decoded = {key.decode(): value.decode() for key, value in items}
+    except (AttributeError, UnicodeDecodeError):
+        decoded, size = _decode_fields_slowly(fields)
+        all_text = False
+    else:
+        size = sum(map(len, fields.keys())) + sum(map(len, fields.values()))
+        all_text = True
     if size > limits.max_entry_bytes:
         raise InvalidEntry(
             "invalid", f"entry is {size} bytes, over the limit of {limits.max_entry_bytes}"
         )
-    _check_version(decoded)
-    event_type = _check_type(decoded)
+    event_type = decoded.get("type")
+    if not (
+        decoded.get("v") == _VERSION_TEXT and type(event_type) is str and event_type in EVENT_TYPES
+    ):  # the checks' own calls (and their messages) only for an entry that may fail them
+        _check_version(decoded)
+        event_type = _check_type(decoded)
     stored_text = None
     text = decoded.get("metrics")
     if event_type in METRICS_TYPES and isinstance(text, str):
@@ -406,6 +554,10 @@ def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
             decoded["metrics"], stored_text = parse_metrics_text(text, limits.max_metrics_depth)
         except ValueError as error:
             raise InvalidEntry("invalid", str(error)) from None
+    if all_text:
+        fast = _fast_event(event_type, decoded, decoded.get("metrics"), stored_text)
+        if fast is not None:
+            return fast
     try:
         event = _EVENT_ADAPTER.validate_python(
             decoded,

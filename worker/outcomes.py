@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class Outcome(StrEnum):
@@ -28,10 +29,18 @@ class Outcome(StrEnum):
     @property
     def dead_at_once(self) -> bool:
         """Entries that can never succeed as they are go to the dead-letter stream now."""
-        return self in (Outcome.INVALID, Outcome.UNSUPPORTED_VERSION, Outcome.INTERNAL_ERROR)
+        return self in DEAD_AT_ONCE
 
     @property
     def retryable(self) -> bool:
         """Entries that may succeed later (the API has not stored the job or uuid yet;
         MongoDB refused this one write), kept pending until ``max_deliveries``."""
-        return self in (Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT, Outcome.STORE_ERROR)
+        return self in RETRYABLE
+
+
+# The same as sets, for loops over every entry of a batch (a member hashes as its text:
+# a membership test costs less than the property's call).
+DEAD_AT_ONCE: Final = frozenset(
+    {Outcome.INVALID, Outcome.UNSUPPORTED_VERSION, Outcome.INTERNAL_ERROR}
+)
+RETRYABLE: Final = frozenset({Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT, Outcome.STORE_ERROR})
