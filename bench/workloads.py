@@ -164,8 +164,9 @@ def steady(jobs: int = 100) -> Workload:
     return build("steady", jobs)
 
 
-def backlog(jobs: int = 4) -> Workload:
-    """A few jobs whose events piled up while the worker was down."""
+def backlog(jobs: int = 40) -> Workload:
+    """Jobs whose events piled up while the worker was down: drained in several full
+    batches, each job's snapshots mostly superseded within a batch."""
     return build("backlog", jobs)
 
 

@@ -117,10 +117,12 @@ class RecordingStore(MongoJobStore):
             self.outcomes[position].append(outcome)
         return outcome
 
-    def apply_batch(self, items: Any, *, dry_run: bool = False) -> list[tuple[Outcome, str]]:
+    def apply_batch(
+        self, items: Any, *, dry_run: bool = False, redelivered: bool = False
+    ) -> list[tuple[Outcome, str]]:
         self._in_batch = True  # what the batch applies one by one is recorded once, below
         try:
-            results = super().apply_batch(items, dry_run=dry_run)
+            results = super().apply_batch(items, dry_run=dry_run, redelivered=redelivered)
         finally:
             self._in_batch = False
         for (_event, position), (outcome, _error) in zip(items, results, strict=True):

@@ -119,7 +119,9 @@ def _update(
     return update
 
 
-def _is_finishing(event: Event) -> bool:
+def is_finishing(event: Event) -> bool:
+    """A finishing event (``job.status`` FINISHED_*, a snapshot with ``fit_end``): its
+    position decides which finish came first, so it is never coalesced away."""
     if isinstance(event, JobStatusEvent):
         return event.status.value in FINISHED
     return isinstance(event, ServerMetricsEvent) and event.finishes_job
@@ -276,7 +278,7 @@ def _after_miss_status(
     event: JobStatusEvent, key: str, document: dict[str, Any]
 ) -> Outcome | Write:
     status = document.get("status")
-    if event.status.value == status and not _is_finishing(event):
+    if event.status.value == status and not is_finishing(event):
         return Outcome.DUPLICATE
     if event.status is JobStatus.NOT_STARTED:
         return Outcome.REJECTED_TRANSITION
@@ -339,7 +341,7 @@ def may_be_coalesced(event: Event) -> bool:
     """A snapshot replaces an older one of its target, except a finishing one: its
     position decides which finish came first, so it is always written. A heartbeat is
     replaced by a newer heartbeat of its host (liveness keeps only the newest)."""
-    return coalesce_target(event) is not None and not _is_finishing(event)
+    return coalesce_target(event) is not None and not is_finishing(event)
 
 
 def _max_into(container: dict[str, Any], field: str, value: Any) -> None:
@@ -427,3 +429,97 @@ def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...
         for member in (clients if isinstance(clients, list) else [])
         if isinstance(member, dict) and member.get("uuid") == group[1]
     )
+
+
+def _group_pins(event: Event, document: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """Filters matching exactly what ``document`` holds in each part the event reads or
+    changes (:func:`groups_of`), liveness too; ``None`` when a part cannot be pinned
+    exactly (a client uuid held by no element or by more than one)."""
+    pins: list[dict[str, Any]] = []
+    for group in groups_of(event):
+        if group[0] == "server":
+            pins.append(
+                {
+                    SERVER_POSITION: document.get(SERVER_POSITION),
+                    SERVER_LAST_EVENT: document.get(SERVER_LAST_EVENT),
+                }
+            )
+        elif group[0] == "status":
+            pins.append(
+                {"status": document.get("status"), STATUS_POSITION: document.get(STATUS_POSITION)}
+            )
+        else:
+            matching = _matching_clients(document, group[1])
+            if len(matching) != 1:
+                return None
+            element = {
+                "uuid": group[1],
+                CLIENT_POSITION: matching[0].get(CLIENT_POSITION),
+                CLIENT_LAST_EVENT: matching[0].get(CLIENT_LAST_EVENT),
+            }
+            pins.append({"clients_info": {"$elemMatch": element}})
+    return pins
+
+
+def _part_of(path: str) -> str:
+    """Which part of a job document (:func:`groups_of`) a written path belongs to."""
+    if path.startswith("clients_info."):
+        return "client"
+    if path in ("status", STATUS_POSITION, "error_message"):
+        return "status"
+    return "server"
+
+
+_POSITION_FIELDS: Final = {
+    "server": SERVER_POSITION,
+    "status": STATUS_POSITION,
+    "client": f"clients_info.$[client].{CLIENT_POSITION}",
+}
+
+
+def pinned_to_groups(write: Write, event: Event, document: dict[str, Any]) -> Write | None:
+    """``write``, matching only while every part of the document its event reads or
+    changes (:func:`groups_of`) holds exactly what ``document`` holds, liveness too.
+
+    For a write decided on remembered state rather than on a read: if memory was wrong,
+    the write misses (it never applies on a state it was not decided on), and no later
+    write of the same part in the batch can match either (each is pinned to the exact
+    state the one before it leaves), so the writes that took effect are a prefix and the
+    settle read tells exactly which.
+
+    That holds only if no other writer can leave a part exactly as this write would
+    without applying this very entry: so the write must store its entry's position in
+    every part it changes (a position is unique to its entry); a part it only reads
+    (the status, for a finishing snapshot whose finish does not win) it leaves as
+    pinned, like :func:`check_on_groups`. ``None`` otherwise (a
+    heartbeat, the move to ``IN_PROGRESS``, which another writer such as the API can
+    make too) and when a part cannot be pinned exactly: such an event is decided on a
+    read instead."""
+    stored = write.update.get("$set", {})
+    touched = {path for operation in write.update.values() for path in operation}
+    for group in groups_of(event):
+        changes_part = any(_part_of(path) == group[0] for path in touched)
+        if changes_part and _POSITION_FIELDS[group[0]] not in stored:
+            return None
+    pins = _group_pins(event, document)
+    if pins is None:
+        return None
+    return Write({"$and": [write.filter, *pins]}, write.update, write.outcome, write.array_filters)
+
+
+def check_on_groups(outcome: Outcome, event: Event, document: dict[str, Any]) -> Write | None:
+    """A write that changes nothing and matches only while the parts of the document an
+    outcome was decided on hold exactly what ``document`` holds: it confirms, in the same
+    ``bulk_write``, an outcome decided on remembered state without a write of its own (a
+    duplicate, a rejected transition), and chains like :func:`pinned_to_groups`. It sets
+    a pinned position or status to the value it is pinned to. ``None`` for a client's
+    part, or when no such field holds a value (setting a missing field is a change)."""
+    pins = _group_pins(event, document)
+    if pins is None or any(group[0] == "client" for group in groups_of(event)):
+        return None
+    for pin in pins:
+        for name in (SERVER_POSITION, "status", STATUS_POSITION):
+            if pin.get(name) is not None:
+                no_change = {"$set": {name: pin[name]}}
+                return Write({"$and": [{"_id": document["_id"]}, *pins]}, no_change, outcome)
+    return None

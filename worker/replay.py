@@ -232,7 +232,7 @@ class _Replay:
         decided: dict[str, tuple[Outcome, str]] = {}
         if takes_batches(self.store, len(items), dry_run=self.dry_run):  # resumed whole
             outcomes = self.patience.call(
-                lambda: outcomes_of(self.store, items, dry_run=self.dry_run),
+                lambda: outcomes_of(self.store, items, dry_run=self.dry_run, redelivered=True),
                 page[0][0],
                 self.report,
             )

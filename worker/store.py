@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import bson
@@ -39,6 +41,7 @@ from worker.memorydb import EmulatedBulk, has_native_bulk_write
 from worker.mongo_failures import Failure, classify, describe, misconfiguration_hint
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
+from worker.remembered import RememberedJobs
 
 log = structlog.get_logger(__name__)
 
@@ -49,6 +52,10 @@ ENCODING_ERRORS: Final = (InvalidDocument, UnicodeEncodeError, OverflowError)
 # means another writer changed the same document between our write and our read,
 # which a handful of workers cannot do more than a few times in a row.
 MAX_WRITE_ATTEMPTS: Final = 8
+
+# Settles within a settle (each finding yet another writer in the way) before the
+# entries left are decided one by one.
+MAX_SETTLE_DEPTH: Final = 3
 
 # uuids resolved to jobs and kept in memory (about 100 bytes each).
 UUID_CACHE_SIZE: Final = 100_000
@@ -144,7 +151,11 @@ def takes_batches(store: JobStore, count: int, *, dry_run: bool = False) -> bool
 
 
 def outcomes_of(
-    store: JobStore, items: Sequence[tuple[Event, StreamPosition]], *, dry_run: bool = False
+    store: JobStore,
+    items: Sequence[tuple[Event, StreamPosition]],
+    *,
+    dry_run: bool = False,
+    redelivered: bool = False,
 ) -> list[tuple[Outcome, str]]:
     """Every event's outcome, in order: in one batch when the store can
     (``apply_batch``), else one by one. Like :func:`outcome_of`, only an outage or
@@ -153,7 +164,7 @@ def outcomes_of(
     apply_batch = getattr(store, "apply_batch", None)
     if apply_batch is not None and items:
         try:
-            return list(apply_batch(items, dry_run=dry_run))
+            return list(apply_batch(items, dry_run=dry_run, redelivered=redelivered))
         except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
             raise
         except Exception as failure:  # noqa: BLE001 (then each entry gets its own guard)
@@ -166,6 +177,19 @@ def check_configuration(store: JobStore) -> None:
     check = getattr(store, "check_configuration", None)
     if check is not None:
         check()
+
+
+@dataclass
+class _Played:
+    """A batch decided in memory: every entry's outcome, the writes to send (with their
+    entry's index), the entries that reached a job, the documents as the writes leave
+    them, and the jobs whose write-less outcomes came from memory (to be read)."""
+
+    documents: dict[str, dict[str, Any]]
+    results: list[tuple[Outcome, str]] = field(default_factory=list)
+    writes: list[tuple[int, Event, StreamPosition, effects.Write]] = field(default_factory=list)
+    decided: list[tuple[int, Event, StreamPosition]] = field(default_factory=list)
+    doubted: set[str] = field(default_factory=set)
 
 
 class MongoJobStore:
@@ -187,6 +211,8 @@ class MongoJobStore:
         # uuid -> job _id. A uuid never moves to another job, so what was found once is
         # kept (bounded: the oldest half is dropped when full); a miss is never cached.
         self._jobs_by_uuid: dict[tuple[str, str], str] = {}
+        # Each job as the last fully matched batch left it: lets a batch skip its read.
+        self._remembered = RememberedJobs()
 
     def resolve(self, event: Event) -> str | None:
         """The ``_id`` of the event's job: its ``job_id``, or the job whose server (or
@@ -275,6 +301,8 @@ class MongoJobStore:
             if job_id is None:
                 return Outcome.UNKNOWN_JOB  # the API has not stored this uuid yet
             event = event.with_job(job_id)
+        if not dry_run:
+            self._remembered.forget([str(event.job_id)])  # written outside a batch
         write = None if dry_run else effects.first_write(event, position)
         seen: dict[str, Any] | bool | None = False  # the document the last write was built on
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -311,12 +339,21 @@ class MongoJobStore:
     # -- a batch in two round trips ------------------------------------------------------
 
     def apply_batch(
-        self, items: Sequence[tuple[Event, StreamPosition]], *, dry_run: bool = False
+        self,
+        items: Sequence[tuple[Event, StreamPosition]],
+        *,
+        dry_run: bool = False,
+        redelivered: bool = False,
     ) -> list[tuple[Outcome, str]]:
         """Each event's outcome (and why, for a failure), in order, as :func:`outcome_of`
-        would give them one by one, in two MongoDB round trips for the whole batch.
+        would give them one by one, in at most two MongoDB round trips for the batch.
 
-        1. One projected read of every job the batch names (by ``_id`` or by uuid).
+        1. One projected read of every job the batch names (by ``_id`` or by uuid),
+           except the jobs remembered as the store's last fully matched batch left them
+           (:mod:`worker.remembered`): a batch of remembered jobs is one round trip.
+           ``redelivered`` batches (entries another consumer may have applied already:
+           claimed, retried, replayed) are always read, since memory cannot know what
+           another writer did with the very same entries.
         2. The batch is played in memory against those documents, in stream order, with
            the same classification as after a miss (:func:`worker.effects.after_miss`):
            each event's outcome is decided, and each event that changes its document
@@ -332,7 +369,7 @@ class MongoJobStore:
         if not self.batched or (len(items) < BATCHED_FROM and not dry_run):
             return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
         try:
-            return self._apply_batch(items, dry_run)
+            return self._apply_batch(items, dry_run, use_memory=not redelivered)
         except (PyMongoError, *ENCODING_ERRORS) as error:
             if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
                 raise_classified(error)
@@ -341,20 +378,44 @@ class MongoJobStore:
             )
             return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
 
-    def _read_jobs(self, events: Sequence[Event]) -> dict[str, dict[str, Any]]:
-        """One projected read of every job the events name (uuids resolved with it)."""
+    def _documents_of(
+        self, events: Sequence[Event], use_memory: bool
+    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """The projected documents of every job the events name, and which of them come
+        from memory (:mod:`worker.remembered`) rather than this batch's read. At most one
+        round trip: none when every job is remembered and memory is trusted."""
         ids: set[str] = set()
         servers: set[str] = set()
         clients: set[str] = set()
+        documents: dict[str, dict[str, Any]] = {}
         for event in events:
             kind, name = event.identity
-            cached = self._jobs_by_uuid.get((kind, name))
-            if kind == "job_id" or cached is not None:
-                ids.add(cached or name)
+            job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
+            if job_id is not None:
+                remembered = self._remembered.usable(job_id) if use_memory else None
+                if remembered is not None:
+                    documents[job_id] = remembered
+                else:
+                    ids.add(job_id)
             elif kind == "server_uuid":
                 servers.add(name)
             else:
                 clients.add(name)
+        from_memory = set(documents)
+        if ids or servers or clients:
+            read = self._read_jobs(ids, servers, clients)
+            self._remembered.compare({job_id: read.get(job_id) for job_id in ids})
+            documents.update(read)
+        return documents, from_memory
+
+    def _read_jobs(
+        self,
+        ids: AbstractSet[str],
+        servers: AbstractSet[str] = frozenset(),
+        clients: AbstractSet[str] = frozenset(),
+    ) -> dict[str, dict[str, Any]]:
+        """One projected read of the jobs named by ``_id``, server uuid or client uuid
+        (the uuids found are remembered as resolved)."""
         either: list[dict[str, Any]] = [{"_id": {"$in": sorted(ids)}}] if ids else []
         if servers:
             either.append({"server_uuid": {"$in": sorted(servers)}})
@@ -378,47 +439,111 @@ class MongoJobStore:
         return documents
 
     def _apply_batch(
-        self, items: Sequence[tuple[Event, StreamPosition]], dry_run: bool
+        self,
+        items: Sequence[tuple[Event, StreamPosition]],
+        dry_run: bool,
+        *,
+        use_memory: bool,
+        depth: int = 0,
+        read: Mapping[str, dict[str, Any]] | None = None,
     ) -> list[tuple[Outcome, str]]:
-        documents = self._read_jobs([event for event, _position in items])
-        as_read = copy.deepcopy(documents)
-        results: list[tuple[Outcome, str]] = []
-        planned: list[tuple[int, Event, StreamPosition, effects.Write]] = []
-        decided: list[tuple[int, Event, StreamPosition]] = []
+        if read is None:
+            as_read, from_memory = self._documents_of(
+                [event for event, _position in items], use_memory
+            )
+        else:  # just read by a settle: the jobs as they are
+            as_read, from_memory = dict(read), set()
+        played = self._play(items, as_read, from_memory)
+        if played.doubted:
+            # Outcomes that write nothing are never taken from memory: read those jobs.
+            read = self._read_jobs(played.doubted)
+            if any(
+                effects.classified_state(read.get(job_id))
+                != effects.classified_state(as_read[job_id])
+                for job_id in played.doubted
+            ):
+                self._remembered.proved_wrong()
+            for job_id in played.doubted:
+                as_read.pop(job_id, None)
+            as_read.update(read)
+            from_memory -= played.doubted
+            played = self._play(items, as_read, from_memory)
+        if dry_run:
+            return played.results
+        jobs = {str(event.job_id) for _index, event, _position in played.decided}
+        left = {job_id: played.documents[job_id] for job_id in jobs if job_id in played.documents}
+        if not played.writes:
+            self._remembered.remember(left)
+            return played.results
+        self._remembered.forget(jobs)  # until the bulk is known to have matched
+        if self._write_batch(played.writes, played.results, played.decided, as_read, depth):
+            self._remembered.remember(left)
+        elif jobs & from_memory:
+            self._remembered.proved_wrong()
+        return played.results
+
+    def _play(
+        self,
+        items: Sequence[tuple[Event, StreamPosition]],
+        as_read: Mapping[str, dict[str, Any]],
+        from_memory: set[str],
+    ) -> _Played:
+        """Decide every event in stream order against copies of ``as_read``, as after a
+        miss (:func:`worker.effects.after_miss`); each event that changes its document
+        becomes a write pinned to the state it was decided on."""
+        documents = copy.deepcopy(dict(as_read))
+        played = _Played(documents=documents)
         for index, (event, position) in enumerate(items):
             kind, name = event.identity
             job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
             if job_id is None:
-                results.append((Outcome.UNKNOWN_JOB, ""))
+                played.results.append((Outcome.UNKNOWN_JOB, ""))
                 continue
             resolved = event if event.job_id is not None else event.with_job(job_id)
-            decided.append((index, resolved, position))
+            played.decided.append((index, resolved, position))
             document = documents.get(job_id)
             decision = effects.after_miss(resolved, position, document)
             if isinstance(decision, Outcome):
-                results.append((decision, ""))
+                check = None
+                if job_id in from_memory and document is not None:
+                    # Decided on memory: confirmed by a no-op write in the bulk, or read.
+                    check = effects.check_on_groups(decision, resolved, document)
+                    if check is None:
+                        played.doubted.add(job_id)
+                played.results.append((decision, ""))
+                if check is not None:
+                    played.writes.append((index, resolved, position, check))
                 continue
             try:
                 bson.encode(decision.filter)
                 bson.encode(decision.update)
             except ENCODING_ERRORS as error:
-                results.append((Outcome.INVALID, f"the update cannot be encoded as BSON: {error}"))
+                played.results.append(
+                    (Outcome.INVALID, f"the update cannot be encoded as BSON: {error}")
+                )
                 continue
             assert document is not None  # after_miss decides UNKNOWN_JOB for a missing job
+            if job_id in from_memory:
+                pinned = effects.pinned_to_groups(decision, resolved, document)
+                if pinned is None:
+                    played.doubted.add(job_id)
+                else:
+                    decision = pinned
             effects.apply_to(document, decision)
-            results.append((decision.outcome, ""))
-            planned.append((index, resolved, position, decision))
-        if planned and not dry_run:
-            self._write_batch(planned, results, decided, as_read)
-        return results
+            played.results.append((decision.outcome, ""))
+            played.writes.append((index, resolved, position, decision))
+        return played
 
     def _write_batch(
         self,
         planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
         results: list[tuple[Outcome, str]],
         decided: Sequence[tuple[int, Event, StreamPosition]],
-        as_read: dict[str, dict[str, Any]],
-    ) -> None:
+        as_read: Mapping[str, dict[str, Any]],
+        depth: int = 0,
+    ) -> bool:
+        """Send the writes as one ordered ``bulk_write``; ``True`` when every one matched
+        (every outcome stands), else the batch is settled (:meth:`_settle_misses`)."""
         requests = [
             UpdateOne(
                 write.filter,
@@ -432,7 +557,7 @@ class MongoJobStore:
         try:
             result = self._bulk.bulk_write(requests, ordered=True)
             if int(result.matched_count) == len(requests):
-                return  # every write matched: every outcome stands
+                return True
         except BulkWriteError as error:
             concern = error.details.get("writeConcernErrors") or []
             if concern and not error.details.get("writeErrors"):
@@ -458,7 +583,8 @@ class MongoJobStore:
                 if classify(problem) is not Failure.REFUSAL:
                     raise_classified(problem)
                 refused[int(failure["index"])] = describe(problem)
-        self._settle_misses(planned, refused, results, decided, as_read)
+        self._settle_misses(planned, refused, results, decided, as_read, depth)
+        return False
 
     def _settle_misses(
         self,
@@ -466,7 +592,8 @@ class MongoJobStore:
         refused: dict[int, str],
         results: list[tuple[Outcome, str]],
         decided: Sequence[tuple[int, Event, StreamPosition]],
-        as_read: dict[str, dict[str, Any]],
+        as_read: Mapping[str, dict[str, Any]],
+        depth: int = 0,
     ) -> None:
         """Not every write matched: another writer changed a job between the read and the
         bulk, the stored fields are not what the batch foresaw, or MongoDB refused a write
@@ -478,8 +605,8 @@ class MongoJobStore:
         replayed in memory on the document as first read, and the longest prefix that
         gives the part as it is now is what took effect (none, if no prefix does:
         another writer moved it). From the part's first write that did not take effect
-        on, every entry of that part in the batch, written or not, is decided again one
-        by one, in stream order, against the document as it really is."""
+        on, every entry of that part in the batch, written or not, is decided again, in
+        stream order, against the document as it really is (:meth:`_decide_again`)."""
         stop = min(refused, default=len(planned))  # the ordered bulk ran nothing after it
         jobs = sorted({str(event.job_id) for _index, event, _position, _write in planned})
         self.round_trips += 1
@@ -507,6 +634,7 @@ class MongoJobStore:
             if took < len(group_writes):
                 redo_from[(job_id, group)] = group_writes[took][1]
         refused_at = {planned[number][0]: message for number, message in refused.items()}
+        redo: list[tuple[int, Event, StreamPosition]] = []
         for index, event, position in decided:
             if not any(
                 index >= redo_from.get((str(event.job_id), group), len(results))
@@ -516,7 +644,33 @@ class MongoJobStore:
             if index in refused_at:
                 results[index] = (Outcome.STORE_ERROR, refused_at[index])
             else:
-                results[index] = outcome_of(self, event, position)
+                redo.append((index, event, position))
+        self._decide_again(redo, results, depth, now)
+
+    def _decide_again(
+        self,
+        redo: Sequence[tuple[int, Event, StreamPosition]],
+        results: list[tuple[Outcome, str]],
+        depth: int,
+        now: Mapping[str, dict[str, Any]],
+    ) -> None:
+        """Decide the entries a settle found not done against the documents as they are:
+        as a batch of their own, played on the settle's read (one bulk, however many
+        there are), or one by one when they are few or settling keeps finding other
+        writers in the way."""
+        items = [(event, position) for _index, event, position in redo]
+        again: list[tuple[Outcome, str]] | None = None
+        if len(items) >= BATCHED_FROM and depth < MAX_SETTLE_DEPTH:
+            try:
+                again = self._apply_batch(items, False, use_memory=False, depth=depth + 1, read=now)
+            except (PyMongoError, *ENCODING_ERRORS) as error:
+                if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
+                    raise_classified(error)
+                log.warning("settling as a batch refused: one by one", error=describe(error))
+        if again is None:
+            again = [outcome_of(self, event, position) for event, position in items]
+        for (index, _event, _position), outcome in zip(redo, again, strict=True):
+            results[index] = outcome
 
     def ping(self) -> None:
         try:
@@ -531,6 +685,16 @@ class NullStore:
 
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         return Outcome.APPLIED
+
+    def apply_batch(
+        self,
+        items: Sequence[tuple[Event, StreamPosition]],
+        *,
+        dry_run: bool = False,
+        redelivered: bool = False,
+    ) -> list[tuple[Outcome, str]]:
+        """A batch as the worker hands it to a real store (one call), every event applied."""
+        return [(Outcome.APPLIED, "")] * len(items)
 
     def ping(self) -> None:
         return None
