@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from tests.conftest import load_job_document
 from tests.mongo_checks import CheckingDatabase
 from tests.support import job_of
-from tests.test_batched_writes import ENTRIES, JOB, SAMPLE_EVENTS, _by_uuid
+from tests.test_batched_writes import CLIENT_UUIDS, ENTRIES, JOB, SAMPLE_EVENTS, _by_uuid
 from worker.effects import CLIENT_LAST_EVENT, SERVER_LAST_EVENT, groups_of
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
@@ -171,10 +171,21 @@ meddling = st.one_of(
     st.tuples(st.just("status"), st.sampled_from(["IN_PROGRESS", "FINISHED_WITH_ERROR"])),
     st.tuples(st.just("liveness"), st.integers(0, 80)),
     st.tuples(st.just("nothing"), st.none()),
+    # What the API or an operator may do to clients_info (Job.set_uuids and the like).
+    st.tuples(st.just("duplicate_client"), st.integers(0, 5)),
+    st.tuples(st.just("add_client"), st.sampled_from(["no-such-client", "another"])),
+    st.tuples(
+        st.just("rename_client"),
+        st.tuples(st.integers(0, 5), st.sampled_from([*CLIENT_UUIDS, "no-such-client"])),
+    ),
+    st.tuples(st.just("remove_client"), st.integers(0, 5)),
+    st.tuples(st.just("delete"), st.none()),
 )
 
 batches = st.lists(
-    st.tuples(st.lists(step, min_size=3, max_size=12), meddling), min_size=2, max_size=5
+    st.tuples(st.lists(step, min_size=3, max_size=12), st.lists(meddling, max_size=3)),
+    min_size=2,
+    max_size=5,
 )
 
 
@@ -185,7 +196,24 @@ def _meddle(database: Any, kind: str, argument: Any) -> None:
         for event, position in _items(argument):
             other.apply(event, position)
     elif kind == "rebuild":
-        jobs.replace_one({"_id": JOB["_id"]}, load_job_document())
+        jobs.replace_one({"_id": JOB["_id"]}, load_job_document(), upsert=True)
+    elif kind == "delete":
+        jobs.delete_one({"_id": JOB["_id"]})
+    elif kind in ("duplicate_client", "add_client", "rename_client", "remove_client"):
+        document = jobs.find_one({"_id": JOB["_id"]})
+        if document is None:
+            return
+        clients = list(document.get("clients_info") or [])
+        if kind == "add_client":
+            clients.append({**(clients[0] if clients else {}), "uuid": argument})
+        elif clients and kind == "duplicate_client":
+            clients.append(dict(clients[argument % len(clients)]))
+        elif clients and kind == "rename_client":
+            which, uuid = argument
+            clients[which % len(clients)] = {**clients[which % len(clients)], "uuid": uuid}
+        elif clients:
+            del clients[argument % len(clients)]
+        jobs.update_one({"_id": JOB["_id"]}, {"$set": {"clients_info": clients}})
     elif kind == "status":
         jobs.update_one({"_id": JOB["_id"]}, {"$set": {"status": argument}})
     elif kind == "liveness":
@@ -211,15 +239,18 @@ def test_batches_on_memory_with_meddling_between_them_end_as_one_by_one(plan):
     store = MongoJobStore(database)
 
     applied_elsewhere: set[StreamPosition] = set()
-    for steps, (kind, argument) in plan:
+    for steps, meddles in plan:
         items = _items(steps)
         expected = [one.apply(event, position) for event, position in items]
         # An entry another writer applied reaches this store only redelivered (claimed).
         redelivered = any(position in applied_elsewhere for _event, position in items)
         got = [outcome for outcome, _error in store.apply_batch(items, redelivered=redelivered)]
         assert got == expected
-        assert job_of(database, JOB["_id"]) == job_of(reference, JOB["_id"])
-        _meddle(reference, kind, argument)
-        _meddle(database, kind, argument)
-        if kind == "apply":
-            applied_elsewhere.update(position for _event, position in _items(argument))
+        assert database["job"].find_one({"_id": JOB["_id"]}) == reference["job"].find_one(
+            {"_id": JOB["_id"]}
+        )
+        for kind, argument in meddles:
+            _meddle(reference, kind, argument)
+            _meddle(database, kind, argument)
+            if kind == "apply":
+                applied_elsewhere.update(position for _event, position in _items(argument))

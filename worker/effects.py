@@ -376,6 +376,30 @@ def apply_to(document: dict[str, Any], write: Write) -> None:
         document.pop(path, None)
 
 
+def projected(document: dict[str, Any]) -> dict[str, Any]:
+    """Only what deciding an event reads (:data:`CLASSIFY_PROJECTION`, the ``_id`` and
+    the server uuid) of a document a batch has played on: not the metrics texts, which
+    may be a MiB each."""
+    kept = {name: document[name] for name in _KEPT if name in document}
+    clients = document.get("clients_info")
+    if isinstance(clients, list):
+        kept["clients_info"] = [
+            {name: member[name] for name in _KEPT_OF_CLIENT if name in member}
+            if isinstance(member, dict)
+            else member
+            for member in clients
+        ]
+    elif "clients_info" in document:
+        kept["clients_info"] = clients
+    return kept
+
+
+_KEPT: Final = ("_id", "server_uuid", *(n for n in CLASSIFY_PROJECTION if "." not in n))
+_KEPT_OF_CLIENT: Final = tuple(
+    n.removeprefix("clients_info.") for n in CLASSIFY_PROJECTION if n.startswith("clients_info.")
+)
+
+
 def classified_state(document: dict[str, Any] | None) -> tuple[Any, ...] | None:
     """What the guards and the liveness fields hold in a (projected) job document: equal
     states mean the same decisions for every event. ``None`` for a missing document."""
@@ -434,7 +458,8 @@ def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...
 def _group_pins(event: Event, document: dict[str, Any]) -> list[dict[str, Any]] | None:
     """Filters matching exactly what ``document`` holds in each part the event reads or
     changes (:func:`groups_of`), liveness too; ``None`` when a part cannot be pinned
-    exactly (a client uuid held by no element or by more than one)."""
+    exactly (a client uuid held by no element or by more than one, clients that are
+    not objects with distinct uuids)."""
     pins: list[dict[str, Any]] = []
     for group in groups_of(event):
         if group[0] == "server":
@@ -449,16 +474,35 @@ def _group_pins(event: Event, document: dict[str, Any]) -> list[dict[str, Any]] 
                 {"status": document.get("status"), STATUS_POSITION: document.get(STATUS_POSITION)}
             )
         else:
-            matching = _matching_clients(document, group[1])
-            if len(matching) != 1:
+            members = _distinct_members(document)
+            matching = [member for member in members or [] if member["uuid"] == group[1]]
+            if members is None or len(matching) != 1:
                 return None
             element = {
                 "uuid": group[1],
                 CLIENT_POSITION: matching[0].get(CLIENT_POSITION),
                 CLIENT_LAST_EVENT: matching[0].get(CLIENT_LAST_EVENT),
             }
-            pins.append({"clients_info": {"$elemMatch": element}})
+            # The element as remembered, in a list of exactly the remembered uuids, each
+            # once (as many elements as distinct uuids, all present): a client added,
+            # repeated or renamed by another writer makes the write miss.
+            everyone = [{"$elemMatch": {"uuid": member["uuid"]}} for member in members]
+            pins.append(
+                {"clients_info": {"$elemMatch": element, "$size": len(members), "$all": everyone}}
+            )
     return pins
+
+
+def _distinct_members(document: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The ``clients_info`` elements when they are objects with distinct text uuids
+    (what an exact pin needs), else ``None``."""
+    clients = document.get("clients_info")
+    if not isinstance(clients, list):
+        return None
+    uuids = [member.get("uuid") if isinstance(member, dict) else None for member in clients]
+    if not all(isinstance(uuid, str) for uuid in uuids) or len(set(uuids)) != len(uuids):
+        return None
+    return clients
 
 
 def _part_of(path: str) -> str:

@@ -369,7 +369,8 @@ class MongoJobStore:
         if not self.batched or (len(items) < BATCHED_FROM and not dry_run):
             return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
         try:
-            return self._apply_batch(items, dry_run, use_memory=not redelivered)
+            # A dry run has no bulk to confirm what it decided: it always reads.
+            return self._apply_batch(items, dry_run, use_memory=not (redelivered or dry_run))
         except (PyMongoError, *ENCODING_ERRORS) as error:
             if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
                 raise_classified(error)
@@ -471,7 +472,11 @@ class MongoJobStore:
         if dry_run:
             return played.results
         jobs = {str(event.job_id) for _index, event, _position in played.decided}
-        left = {job_id: played.documents[job_id] for job_id in jobs if job_id in played.documents}
+        left = {
+            job_id: effects.projected(played.documents[job_id])
+            for job_id in jobs
+            if job_id in played.documents
+        }
         if not played.writes:
             self._remembered.remember(left)
             return played.results
