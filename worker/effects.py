@@ -486,9 +486,11 @@ def _group_pins(event: Event, document: dict[str, Any]) -> list[dict[str, Any]] 
             # The element as remembered, in a list of exactly the remembered uuids, each
             # once (as many elements as distinct uuids, all present): a client added,
             # repeated or renamed by another writer makes the write miss.
-            everyone = [{"$elemMatch": {"uuid": member["uuid"]}} for member in members]
             pins.append(
-                {"clients_info": {"$elemMatch": element, "$size": len(members), "$all": everyone}}
+                {
+                    "clients_info.uuid": {"$all": [member["uuid"] for member in members]},
+                    "clients_info": {"$elemMatch": element, "$size": len(members)},
+                }
             )
     return pins
 
@@ -555,6 +557,17 @@ def _is_operators(value: Any) -> bool:
     return isinstance(value, dict) and bool(value) and all(str(k).startswith("$") for k in value)
 
 
+def _implied(condition: Any, pin: Any) -> bool:
+    """Whether ``pin`` implies ``condition`` on the same path: an equality with one value
+    of an ``$all`` list (some element equals it)."""
+    return (
+        not isinstance(condition, dict)
+        and isinstance(pin, dict)
+        and list(pin) == ["$all"]
+        and condition in pin["$all"]
+    )
+
+
 def _with_pins(query: dict[str, Any], pins: list[dict[str, Any]]) -> dict[str, Any]:
     """``query`` and every pin, as one flat filter where the names do not clash (the
     same condition twice, or operators on the same field that can sit side by side),
@@ -563,10 +576,8 @@ def _with_pins(query: dict[str, Any], pins: list[dict[str, Any]]) -> dict[str, A
     merged = dict(query)
     for pin in pins:
         for name, condition in pin.items():
-            if name not in merged:
+            if name not in merged or merged[name] == condition or _implied(merged[name], condition):
                 merged[name] = condition
-            elif merged[name] == condition:
-                continue
             elif (
                 _is_operators(merged[name])
                 and _is_operators(condition)
