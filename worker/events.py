@@ -424,6 +424,14 @@ def _fast_event(
     origin_id = get("origin_id")
     if job_id == "" or (origin_id is not None and not _origin_ok(origin_id)):
         return None
+    # Every event model declares these five fields first, in this order.
+    envelope = {
+        "v": decoded["v"],
+        "job_id": job_id,
+        "sent_at": get("sent_at"),
+        "origin_id": origin_id,
+        "requeue_token": get("requeue_token"),
+    }
     model: type[Event]
     private: dict[str, Any] | None = None
     if event_type == SERVER_METRICS:
@@ -432,11 +440,7 @@ def _fast_event(
             return None
         model, private = ServerMetricsEvent, {"_stored_text": stored_text}
         values = {
-            "v": decoded["v"],
-            "job_id": job_id,
-            "sent_at": get("sent_at"),
-            "origin_id": origin_id,
-            "requeue_token": get("requeue_token"),
+            **envelope,
             "server_uuid": server_uuid,
             "metrics": metrics,
             "type": event_type,
@@ -447,11 +451,7 @@ def _fast_event(
             return None
         model, private = ClientMetricsEvent, {"_stored_text": stored_text}
         values = {
-            "v": decoded["v"],
-            "job_id": job_id,
-            "sent_at": get("sent_at"),
-            "origin_id": origin_id,
-            "requeue_token": get("requeue_token"),
+            **envelope,
             "metrics": metrics,
             "type": event_type,
             "client_uuid": client_uuid,
@@ -463,11 +463,7 @@ def _fast_event(
             return None
         model = JobStatusEvent
         values = {
-            "v": decoded["v"],
-            "job_id": job_id,
-            "sent_at": get("sent_at"),
-            "origin_id": origin_id,
-            "requeue_token": get("requeue_token"),
+            **envelope,
             "server_uuid": server_uuid,
             "type": event_type,
             "status": status,
@@ -485,11 +481,7 @@ def _fast_event(
             return None
         model = HeartbeatEvent
         values = {
-            "v": decoded["v"],
-            "job_id": job_id,
-            "sent_at": get("sent_at"),
-            "origin_id": origin_id,
-            "requeue_token": get("requeue_token"),
+            **envelope,
             "type": event_type,
             "host_type": host_type,
             "server_uuid": server_uuid,
