@@ -19,7 +19,10 @@ guard makes redelivery and reordering harmless:
 :func:`first_write` is the optimistic update for the common case. When it matches
 nothing, the store reads the document and :func:`after_miss` either names the
 outcome (unknown job or client, duplicate, rejected transition) or returns a
-compare-and-set write pinned to the state it saw.
+compare-and-set write pinned to the state it saw. A batch decided on remembered state
+rather than a read pins each write to the exact state of the parts it depends on
+(:func:`pinned_to_groups`) and confirms write-less outcomes with a no-op request
+(:func:`check_on_groups`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Applying events to MongoDB: the only module of the worker that talks to it.
 
-:class:`MongoJobStore` runs the writes that :mod:`worker.effects` plans: one guarded
-``update_one`` per event, checked by ``assert_updated_successfully``, and a
-projected read only when that update matched nothing. Failures are classified in
+:class:`MongoJobStore` runs the writes that :mod:`worker.effects` plans: a batch as one
+ordered ``bulk_write`` (after one projected read of its jobs, or none when it can decide
+on what it remembers of them, :mod:`worker.remembered`), or one guarded ``update_one``
+per event, checked by ``assert_updated_successfully``, with a projected read only when
+it matched nothing. Failures are classified in
 one place (:mod:`worker.mongo_failures`) and raised as what the consume loop acts on:
 :class:`StoreUnavailable` (an outage: back off, acknowledge nothing),
 :class:`StoreRejected` (MongoDB refused this one write: the entry's ``store_error``),
@@ -336,7 +338,7 @@ class MongoJobStore:
             f"event {position}"
         )
 
-    # -- a batch in two round trips ------------------------------------------------------
+    # -- a batch in one or two round trips -----------------------------------------------
 
     def apply_batch(
         self,
@@ -346,7 +348,8 @@ class MongoJobStore:
         redelivered: bool = False,
     ) -> list[tuple[Outcome, str]]:
         """Each event's outcome (and why, for a failure), in order, as :func:`outcome_of`
-        would give them one by one, in at most two MongoDB round trips for the batch.
+        would give them one by one, in one or two MongoDB round trips for the batch when no
+        other writer changed its jobs (a settle adds two more).
 
         1. One projected read of every job the batch names (by ``_id`` or by uuid),
            except the jobs remembered as the store's last fully matched batch left them
