@@ -647,7 +647,7 @@ class Worker:
     def _log_summary(self) -> None:
         try:
             pending: int | None = self.stream.pending_count()
-            lag = self.stream.lag()
+            lag = self.stream.health().lag  # counted; warns of lost or far-ahead entries
         except redis.RedisError:
             pending = lag = None
         log.info(

@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIServer
 import redis
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from worker.batch import Planned
@@ -30,6 +30,7 @@ from worker.connections import connect_redis
 from worker.outcomes import Outcome
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
+from worker.stream_health import LAG_COUNT_LIMIT, LossWatch, StreamHealth
 from worker.watchdog import MARKER_FIELD, ScanReport
 
 log = structlog.get_logger(__name__)
@@ -80,17 +81,33 @@ class CachedStats:
 
 
 class StreamCollector:
-    """Gauges computed at scrape time from a (cached) stats snapshot."""
+    """Gauges computed at scrape time from a (cached) stats snapshot, and the entries
+    lost that ``losses`` counted from those snapshots."""
 
-    def __init__(self, stats: CachedStats) -> None:
+    def __init__(self, stats: CachedStats, losses: LossWatch | None = None) -> None:
         self.stats = stats
+        self.losses = losses or LossWatch()
 
     def describe(self) -> Iterable[Metric]:
         """Names only, so registering never touches Redis."""
-        return self._families()
+        return [*self._families(), *_integrity_families(), self._lost()]
 
     def collect(self) -> Iterable[Metric]:
         stats = self.stats.get()
+        integrity = _integrity_families()
+        if stats is not None and stats.health is not None:
+            _add_integrity(integrity, stats.health)
+        return [*self._stream_families(stats), *integrity, self._lost()]
+
+    def _lost(self) -> CounterMetricFamily:
+        return CounterMetricFamily(
+            f"{PREFIX}_stream_entries_lost",
+            "entries trimmed or deleted before the group read them, as this exporter saw "
+            f"{PREFIX}_stream_gone_unread grow on one Redis server (a failover starts over)",
+            value=self.losses.lost_total,
+        )
+
+    def _stream_families(self, stats: StreamStats | None) -> list[GaugeMetricFamily]:
         families = self._families()
         up, lag, pending, dead, length, oldest = families
         up.add_metric([], 0 if stats is None else 1)
@@ -111,7 +128,9 @@ class StreamCollector:
                 f"{PREFIX}_stats_up", "1 if the stream stats below could be read from Redis"
             ),
             GaugeMetricFamily(
-                f"{PREFIX}_lag", "entries of the stream not yet delivered to the consumer group"
+                f"{PREFIX}_lag",
+                "entries of the stream after the group's last-delivered-id, counted (Redis's "
+                f"XINFO lag is {PREFIX}_redis_lag); absent when unknown",
             ),
             GaugeMetricFamily(
                 f"{PREFIX}_pending", "entries delivered to the group but not yet acknowledged"
@@ -123,6 +142,46 @@ class StreamCollector:
                 "idle time of the oldest pending entry (0 when none is pending)",
             ),
         ]
+
+
+def _integrity_families() -> list[GaugeMetricFamily]:
+    return [
+        GaugeMetricFamily(
+            f"{PREFIX}_lag_exact",
+            f"1 if {PREFIX}_lag was counted entry by entry, 0 if it is an estimate (over "
+            f"{LAG_COUNT_LIMIT:,} undelivered entries)",
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_redis_lag",
+            "the group's lag as Redis's XINFO GROUPS reports it (too high after a failover "
+            "on Redis before 7.4, and when entries were trimmed before delivery)",
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_stream_gone_unread",
+            "entries added after the group's reads that it will never read: trimmed or "
+            "deleted before delivery, or Redis's read counter left stale by a failover",
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_stream_entry_ahead_seconds",
+            "how far the stream's last entry ID is ahead of Redis's clock (0 when it is not)",
+        ),
+        GaugeMetricFamily(
+            f"{PREFIX}_stream_entry_ahead_limit_seconds",
+            "FLORIST_MAX_ENTRY_AHEAD_S: an entry further ahead is reported",
+        ),
+    ]
+
+
+def _add_integrity(families: list[GaugeMetricFamily], health: StreamHealth) -> None:
+    exact, redis_lag, gone, ahead, limit = families
+    if health.lag is not None:
+        exact.add_metric([], 1 if health.lag_exact else 0)
+    if health.redis_lag is not None:
+        redis_lag.add_metric([], health.redis_lag)
+    if health.gone_unread is not None:
+        gone.add_metric([], health.gone_unread)
+    ahead.add_metric([], health.ahead_s)
+    limit.add_metric([], health.ahead_limit_s)
 
 
 class PrometheusObserver:
@@ -191,10 +250,15 @@ class PrometheusObserver:
         self, redis_client: redis.Redis, settings: Settings, cache_s: float = STATS_CACHE_S
     ) -> None:
         """Add the scrape-time gauges (lag, pending, dead letters, ...) for this stream."""
-        cached = CachedStats(
-            lambda: collect_stats(redis_client, settings, count_reasons=False), cache_s
-        )
-        self.registry.register(StreamCollector(cached))
+        losses = LossWatch()
+
+        def fetch() -> StreamStats:
+            stats = collect_stats(redis_client, settings, count_reasons=False)
+            if stats.health is not None:
+                losses.observe(stats.health)
+            return stats
+
+        self.registry.register(StreamCollector(CachedStats(fetch, cache_s), losses))
 
     def serve(self, port: int, addr: str = DEFAULT_ADDR) -> int:
         """Serve ``/metrics`` from a daemon thread; returns the port (useful with 0)."""

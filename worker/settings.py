@@ -134,6 +134,13 @@ class Settings(BaseSettings):
     watchdog_interval_s: float = Field(
         30.0, gt=0, description="period of the watchdog's scan (one worker of the group per period)"
     )
+    max_entry_ahead_s: float = Field(
+        300.0,
+        gt=0,
+        description="report the stream's last entry ID when it is further ahead of Redis's "
+        "clock than this: an explicit XADD ID that moves every later entry (and the watchdog's "
+        "view of it) into the future (docs/stream-integrity.md)",
+    )
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="port of the Prometheus /metrics endpoint (off if unset)"
     )

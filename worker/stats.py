@@ -6,6 +6,11 @@ Prometheus exporter turns it into gauges. A missing stream or group is a normal
 state (nothing published yet, no worker started) and is reported as such, with
 zeros and ``None``, never as an error.
 
+The group's ``lag`` is counted, not Redis's XINFO figure (which stays too high after a
+failover), and ``health`` adds what a producer credential may have done: entries gone
+unread (trimmed before the group read them) and an entry ID ahead of Redis's clock; both
+are :mod:`worker.stream_health`'s, as for the Prometheus exporter and the worker's summary.
+
 Counting dead letters *by reason* reads the whole dead-letter stream with XRANGE in
 pages. That is fine for operational sizes (thousands of entries: the stream is meant
 to be requeued or trimmed, not to grow forever); pass ``count_reasons=False`` to get
@@ -35,6 +40,7 @@ from worker.effects import SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
 from worker.settings import Settings, redact_url
+from worker.stream_health import LAG_COUNT_LIMIT, StreamHealth, check_stream
 from worker.watchdog import (
     LIVENESS_PROJECTION,
     NEAR_LIMIT,
@@ -114,7 +120,7 @@ class StreamStats:
     entries_added: int | None = None
     first_entry: EntryMark | None = None
     last_entry: EntryMark | None = None
-    lag: int | None = None
+    lag: int | None = None  # counted: Redis's own may be wrong (see ``health``)
     entries_read: int | None = None
     last_delivered_id: str | None = None
     pending: int = 0
@@ -132,6 +138,9 @@ class StreamStats:
     worker_round_trips_per_1000_events: float | None = None
     # The IN_PROGRESS jobs (:func:`collect_jobs`), when MongoDB was asked; None otherwise.
     jobs: JobsStats | None = None
+    # The true lag, Redis's, entries gone unread, an entry ID ahead of Redis's clock
+    # (:mod:`worker.stream_health`); None when the stream does not exist.
+    health: StreamHealth | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: datetimes become ISO 8601 text."""
@@ -209,6 +218,13 @@ def collect_stats(
     values.update(_stream_info(redis_client, settings.stream))
     if values.get("stream_exists"):
         values.update(_group_info(redis_client, settings.stream, settings.group))
+        health = check_stream(
+            redis_client,
+            settings.stream,
+            settings.group,
+            max_ahead_s=settings.max_entry_ahead_s,
+        )
+        values["health"], values["lag"] = health, health.lag
     if values.get("group_exists"):
         values.update(_pending_info(redis_client, settings.stream, settings.group))
         oldest = values.get("oldest_pending_id")
@@ -382,9 +398,6 @@ def _group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any]:
             delivered = info.get("last-delivered-id")
             return {
                 "group_exists": True,
-                # Redis 7: lag is nil when it cannot be computed (after XDEL or a trim
-                # past undelivered entries); absent before Redis 7.
-                "lag": _int_or_none(info.get("lag")),
                 "entries_read": _int_or_none(info.get("entries-read")),
                 "last_delivered_id": None if delivered is None else _text(delivered),
             }
@@ -473,12 +486,19 @@ def render_stats(stats: StreamStats) -> str:
             lines.append(f"  first  {_mark(stats.first_entry)}")
             lines.append(f"  last   {_mark(stats.last_entry)}")
             lines.append(f"  replay window {_duration(span_ms)}")
+        if stats.health is not None and stats.health.too_far_ahead:
+            lines.append(_ahead_text(stats.health))
     if not stats.group_exists:
         lines.append(f"group {stats.group}: missing (no worker has started)")
     else:
-        lag = "unknown" if stats.lag is None else str(stats.lag)
         read = "unknown" if stats.entries_read is None else str(stats.entries_read)
-        lines.append(f"group {stats.group}: lag {lag}, entries read {read}")
+        lines.append(f"group {stats.group}: lag {_lag_text(stats.health)}, entries read {read}")
+        if stats.health is not None and stats.health.gone_unread:
+            lines.append(
+                f"  gone unread {stats.health.gone_unread}: added after the group's reads and "
+                "no longer in the stream (trimmed or deleted before delivery), or Redis's "
+                "read counter left stale by a failover (docs/stream-integrity.md)"
+            )
         oldest = ""
         if stats.oldest_pending_id is not None and stats.oldest_pending_idle_ms is not None:
             oldest = (
@@ -509,6 +529,25 @@ def render_stats(stats: StreamStats) -> str:
     if stats.jobs is not None:
         lines += render_jobs(stats.jobs)
     return "\n".join(lines)
+
+
+def _lag_text(health: StreamHealth | None) -> str:
+    if health is None or health.lag is None:
+        return "unknown"
+    if not health.lag_exact:
+        return f"about {health.lag} (over {LAG_COUNT_LIMIT:,} undelivered: Redis's count)"
+    if health.redis_lag is not None and health.redis_lag != health.lag:
+        return f"{health.lag} (counted; Redis's XINFO says {health.redis_lag})"
+    return str(health.lag)
+
+
+def _ahead_text(health: StreamHealth) -> str:
+    return (
+        f"  last ID {health.last_generated_id} is {_seconds(health.ahead_s)} ahead of "
+        f"Redis's clock (over {_seconds(health.ahead_limit_s)}, FLORIST_MAX_ENTRY_AHEAD_S): "
+        "an explicit XADD ID; every later entry follows it, and the watchdog cannot see "
+        "those jobs go silent (docs/stream-integrity.md)"
+    )
 
 
 def _seconds(seconds: float) -> str:

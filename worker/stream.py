@@ -20,6 +20,7 @@ from worker.errors import Misconfigured
 from worker.letters import dead_letter_fields
 from worker.requeues import records_key
 from worker.settings import Settings
+from worker.stream_health import LossWatch, StreamHealth, check_stream, report
 
 log = structlog.get_logger(__name__)
 
@@ -101,6 +102,8 @@ class GroupStream:
         self.group = settings.group
         self.consumer = settings.consumer
         self.dead_stream = settings.dead_stream
+        self.max_entry_ahead_s = settings.max_entry_ahead_s
+        self.losses = LossWatch()  # entries trimmed before the group read them
         self._own_cursor = "0"
         self._claim_cursor = "0-0"
         # Redis Cluster: every key of a transaction in one slot (refused here, at start),
@@ -278,10 +281,15 @@ class GroupStream:
         return int(summary["pending"])
 
     def lag(self) -> int | None:
-        """Entries not yet delivered to the group (Redis 7's XINFO GROUPS lag)."""
-        groups: Any = self.client.xinfo_groups(self.stream)
-        for group in groups:
-            if _text(group["name"]) == self.group:
-                lag = group.get("lag")
-                return None if lag is None else int(lag)
-        return None
+        """Entries not yet delivered to the group, counted (:mod:`worker.stream_health`:
+        Redis's own XINFO lag stays wrong after a failover)."""
+        return self.health().lag
+
+    def health(self) -> StreamHealth:
+        """Read the stream's integrity, and log a warning for entries lost since the last
+        reading and for an entry ID too far ahead of Redis's clock."""
+        health = check_stream(
+            self.client, self.stream, self.group, max_ahead_s=self.max_entry_ahead_s
+        )
+        report(health, self.losses.observe(health), self.stream)
+        return health

@@ -56,6 +56,7 @@ SETTINGS_FLAGS = (
     "mongodb_uri",
     "mongodb_db",
     "stale_after_s",
+    "max_entry_ahead_s",
 )
 
 
@@ -74,8 +75,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "stats",
         help="show stream length, group lag, pending entries, dead letters and silent jobs",
         description="Show the events stream (length, first and last entry: the replay "
-        "window), the consumer group (lag, entries read, pending entries and the oldest "
-        "one's idle time, each consumer), dead letters by reason, and the IN_PROGRESS jobs "
+        "window), the consumer group (lag counted after its last-delivered-id, entries "
+        "read, pending entries and the oldest one's idle time, each consumer), entries gone "
+        "unread (trimmed before the group read them) and an entry ID too far ahead of "
+        "Redis's clock, dead letters by reason, and the IN_PROGRESS jobs "
         "from MongoDB with the age of the last event from their server and each client, "
         "flagging servers silent for half of --stale-after-s or more and over it. Read-only. "
         f"MongoDB gets {MONGODB_TIMEOUT_S:g} s; when it does not answer, one line says so. "

@@ -1,0 +1,253 @@
+"""The stream's integrity: the group's true backlog, and what a producer credential did.
+
+One reading, :func:`check_stream`, serves ``stats``, the Prometheus exporter and the
+worker's summary line (docs/stream-integrity.md says why each rule is what it is):
+
+* **The true lag**: the entries after the group's ``last-delivered-id``, counted. Redis's
+  own ``lag`` (XINFO GROUPS) is ``entries-added`` minus the group's ``entries-read``, and
+  Redis before 7.4 does not replicate ``entries-read`` (XREADGROUP reaches a replica as
+  XCLAIM, which leaves it alone): after a failover the promoted replica's lag stays too
+  high forever. So the worker counts instead, cheaply: 0 when ``last-delivered-id`` is the
+  stream's ``last-generated-id``; the stream's length when the group is behind the first
+  entry; else one XRANGE after ``last-delivered-id`` of at most :data:`LAG_COUNT_LIMIT`
+  entries. Beyond that limit the count is not exact (``lag_exact`` false) and the lag is
+  Redis's figure, kept between the count and the stream's length. The reading is one
+  MULTI/EXEC, so XINFO and XRANGE see the same stream.
+* **Entries gone unread** (``gone_unread``): Redis's lag minus the counted one. Redis
+  counts every entry added after the group's reads; the group will never read those that
+  were trimmed (``XADD ... MAXLEN 0`` or ``MINID`` with a producer credential, a MAXLEN
+  shorter than the backlog) before it got to them. Redis's counter going stale in a
+  failover adds to the same figure, so a single reading cannot tell the two apart:
+  :class:`LossWatch` can, over time, by counting only its growth on one Redis server.
+  Deleting or acknowledging dead letters touches the dead-letter stream, never this
+  figure; an XDEL on the events stream makes Redis's lag unknown (``None``), never a loss.
+* **An entry ID ahead of Redis's clock** (``ahead_s``): how far ``last-generated-id`` is
+  ahead of TIME. Redis makes every later ``XADD *`` ID at least one past it, so one
+  explicit far-future ID moves every later entry there and the watchdog sees those jobs'
+  events in the future (never silent). More than ``FLORIST_MAX_ENTRY_AHEAD_S`` is reported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+import structlog
+
+from worker.positions import StreamPosition
+from worker.watchdog import redis_now_ms
+
+log = structlog.get_logger(__name__)
+
+LAG_COUNT_LIMIT: Final = 1_000  # undelivered entries counted one by one, at most
+_ATTEMPTS: Final = 3  # readings tried when the group moves back in between (a failover)
+_LAST_ID: Final = StreamPosition(2**64 - 1, 2**64 - 1)  # nothing can follow it
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _is_missing_key(error: redis.ResponseError) -> bool:
+    message = str(error)
+    return "no such key" in message or message.startswith("NOGROUP")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHealth:
+    """One reading of the stream and its group; ``None`` means "not known"."""
+
+    stream_exists: bool = False
+    group_exists: bool = False
+    lag: int | None = None  # entries after last-delivered-id: the backlog
+    lag_exact: bool = False  # False: over LAG_COUNT_LIMIT, ``lag`` is an estimate
+    redis_lag: int | None = None  # XINFO GROUPS lag, as Redis reports it
+    gone_unread: int | None = None  # redis_lag - lag: added after the group's reads, gone
+    last_generated_id: str | None = None
+    ahead_s: float = 0.0  # how far last_generated_id is ahead of Redis's clock
+    ahead_limit_s: float = 0.0  # FLORIST_MAX_ENTRY_AHEAD_S
+    server: str | None = None  # which Redis server answered (run id, replication id)
+
+    @property
+    def too_far_ahead(self) -> bool:
+        return self.ahead_s > self.ahead_limit_s
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    """The raw answers of one MULTI/EXEC; ``complete``: ``after`` starts at or before
+    the group's ``last-delivered-id`` (every entry after it is in ``after``, up to the
+    limit)."""
+
+    stream: Mapping[Any, Any]
+    group: Mapping[Any, Any] | None
+    after: Sequence[Any]
+    complete: bool
+
+
+def check_stream(
+    client: redis.Redis, stream: str, group: str, *, max_ahead_s: float
+) -> StreamHealth:
+    """Read the stream's integrity (module docstring); raises ``redis.RedisError`` only
+    when Redis does not answer. A missing stream or group is reported, not raised."""
+    try:
+        reading = _read(client, stream, group)
+    except redis.ResponseError as error:
+        if _is_missing_key(error):
+            return StreamHealth(ahead_limit_s=max_ahead_s)
+        raise
+    last_id = _text(reading.stream["last-generated-id"])
+    ahead_ms = StreamPosition.parse(last_id).milliseconds - redis_now_ms(client)
+    backlog = _Backlog() if reading.group is None else _backlog(reading)
+    return StreamHealth(
+        stream_exists=True,
+        group_exists=reading.group is not None,
+        lag=backlog.lag,
+        lag_exact=backlog.exact,
+        redis_lag=backlog.redis_lag,
+        gone_unread=backlog.gone_unread,
+        last_generated_id=last_id,
+        ahead_s=round(max(0, ahead_ms) / 1000, 3),
+        ahead_limit_s=max_ahead_s,
+        server=server_identity(client),
+    )
+
+
+def _read(client: redis.Redis, stream: str, group: str) -> _Reading:
+    """XINFO STREAM, XINFO GROUPS and an XRANGE after ``last-delivered-id``, in one
+    MULTI/EXEC. The XRANGE starts where the group was just before; if the group moved
+    back meanwhile (a failover), read again (a few times, then the count is a guess)."""
+    start = _delivered(_find(client.xinfo_groups(stream), group))
+    reading = None
+    for _attempt in range(_ATTEMPTS):
+        pipe = client.pipeline(transaction=True)
+        pipe.xinfo_stream(stream)
+        pipe.xinfo_groups(stream)
+        if start is not None and start < _LAST_ID:
+            pipe.xrange(stream, min=f"({start}", max="+", count=LAG_COUNT_LIMIT + 1)
+        info, groups, *after = pipe.execute()
+        found = _find(groups, group)
+        delivered = _delivered(found)
+        complete = start is not None and delivered is not None and delivered >= start
+        reading = _Reading(info, found, after[0] if after else [], complete)
+        if complete or delivered is None:
+            return reading
+        start = delivered
+    assert reading is not None
+    return reading
+
+
+def _find(groups: Any, group: str) -> Mapping[Any, Any] | None:
+    return next((info for info in groups if _text(info["name"]) == group), None)
+
+
+def _delivered(group: Mapping[Any, Any] | None) -> StreamPosition | None:
+    if group is None:
+        return None
+    return StreamPosition.parse(_text(group.get("last-delivered-id") or "0-0"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Backlog:
+    lag: int | None = None
+    exact: bool = False
+    redis_lag: int | None = None
+    gone_unread: int | None = None
+
+
+def _backlog(reading: _Reading) -> _Backlog:
+    """The true lag, Redis's, and the entries gone unread (module docstring)."""
+    info, group = reading.stream, reading.group or {}
+    delivered = _delivered(group) or StreamPosition(0, 0)
+    length = int(info["length"])
+    first = info.get("first-entry")
+    redis_lag = _int_or_none(group.get("lag"))
+    if not length or first is None or StreamPosition.parse(first[0]) > delivered:
+        lag, exact = length, True  # every entry left is after the group's position
+    else:
+        counted = sum(1 for entry in reading.after if StreamPosition.parse(entry[0]) > delivered)
+        exact = reading.complete and len(reading.after) <= LAG_COUNT_LIMIT
+        lag = counted
+        if not exact and redis_lag is not None:
+            lag = min(max(redis_lag, counted), length)
+    gone = None
+    if exact and redis_lag is not None and redis_lag >= lag:
+        gone = redis_lag - lag
+    return _Backlog(lag, exact, redis_lag, gone)
+
+
+def server_identity(client: redis.Redis) -> str:
+    """The Redis server(s) answering: run id and replication id. A restart or a promoted
+    replica answers with another one (in a Cluster, any node's failover changes it)."""
+    reply: Any = client.info("server", "replication")
+    nodes = [reply] if "run_id" in reply else list(reply.values())
+    return ",".join(
+        sorted(f"{node.get('run_id', '?')}/{node.get('master_replid', '?')}" for node in nodes)
+    )
+
+
+class LossWatch:
+    """Entries lost since this process first looked: the growth of
+    :attr:`StreamHealth.gone_unread` between readings of the same Redis server.
+
+    A reading from another server (a failover, a restart) starts over from its figure:
+    Redis before 7.4 leaves the promoted replica's counter stale, which would look like a
+    loss. So would the figure's first reading, which may be a stale counter too: it is
+    reported (once per server) as what it is, not counted. Not thread-safe: one per caller.
+    """
+
+    def __init__(self) -> None:
+        self.lost_total = 0
+        self._server: str | None = None
+        self._gone: int | None = None
+
+    def observe(self, health: StreamHealth) -> int:
+        """Entries lost since the last reading (0 on the first one of a server)."""
+        gone = health.gone_unread
+        if gone is None or health.server is None:
+            return 0
+        if health.server != self._server or self._gone is None:
+            self._server, self._gone = health.server, gone
+            if gone:
+                log.warning(
+                    "Redis's lag counts entries the group will never read: trimmed or "
+                    "deleted before delivery, or Redis's read counter left stale by a "
+                    "failover (Redis before 7.4); the counted lag is used, and only new "
+                    "losses are reported from here",
+                    gone_unread=gone,
+                    redis_lag=health.redis_lag,
+                    lag=health.lag,
+                )
+            return 0
+        grown, self._gone = gone - self._gone, gone
+        if grown <= 0:
+            return 0
+        self.lost_total += grown
+        return grown
+
+
+def report(health: StreamHealth, lost: int, stream: str) -> None:
+    """The warning lines for what a reading found (``lost``: from :class:`LossWatch`)."""
+    if lost:
+        log.warning(
+            "stream entries lost: trimmed or deleted before the group read them "
+            "(XADD MAXLEN/MINID with a producer credential, or a MAXLEN below the backlog)",
+            stream=stream,
+            lost=lost,
+            gone_unread=health.gone_unread,
+        )
+    if health.too_far_ahead:
+        log.warning(
+            "stream entry ID ahead of Redis's clock: every later entry gets an ID after it "
+            "(an explicit XADD ID); the watchdog cannot see those jobs go silent",
+            stream=stream,
+            last_generated_id=health.last_generated_id,
+            ahead_s=health.ahead_s,
+            limit_s=health.ahead_limit_s,
+        )
