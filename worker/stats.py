@@ -40,7 +40,7 @@ from worker.effects import SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
 from worker.settings import Settings, redact_url
-from worker.stream_health import LAG_COUNT_LIMIT, StreamHealth, check_stream
+from worker.stream_health import StreamHealth, check_stream
 from worker.watchdog import (
     LIVENESS_PROJECTION,
     NEAR_LIMIT,
@@ -535,7 +535,7 @@ def _lag_text(health: StreamHealth | None) -> str:
     if health is None or health.lag is None:
         return "unknown"
     if not health.lag_exact:
-        return f"about {health.lag} (over {LAG_COUNT_LIMIT:,} undelivered: Redis's count)"
+        return f"about {health.lag} (Redis's count: too many undelivered entries to count)"
     if health.redis_lag is not None and health.redis_lag != health.lag:
         return f"{health.lag} (counted; Redis's XINFO says {health.redis_lag})"
     return str(health.lag)
