@@ -183,6 +183,12 @@ def test_after_a_failover_the_summary_stats_and_prometheus_count_the_true_lag(
     with capture_logs() as logs:
         Worker(new, database, _settings(replica.url))._log_summary()
     assert [line["lag"] for line in _summaries(logs)] == [3]
+
+    Worker(new, database, _settings(replica.url)).drain()  # read on the new primary
+
+    assert new.xinfo_groups(STREAM)[0]["lag"] == 28  # Redis's figure stays off by 28
+    assert collect_stats(new, _settings(replica.url)).lag == 0
+    assert value(scrape(exporter), "florist_worker_lag") == 0
     old.close()
     new.close()
 

@@ -11,8 +11,9 @@ worker's summary line (docs/stream-integrity.md says why each rule is what it is
   stream's ``last-generated-id``; the stream's length when the group is behind the first
   entry; else one XRANGE after ``last-delivered-id`` of at most :data:`LAG_COUNT_LIMIT`
   entries. Beyond that limit the count is not exact (``lag_exact`` false) and the lag is
-  Redis's figure, kept between the count and the stream's length. The reading is one
-  MULTI/EXEC, so XINFO and XRANGE see the same stream.
+  Redis's figure, kept between the count and the stream's length. XINFO and XRANGE run
+  in one MULTI/EXEC, so they see the same stream: one when the group is caught up, two
+  when it has a backlog to count (the first tells where the group is).
 * **Entries gone unread** (``gone_unread``): Redis's lag minus the counted one. Redis
   counts every entry added after the group's reads; the group will never read those that
   were trimmed (``XADD ... MAXLEN 0`` or ``MINID`` with a producer credential, a MAXLEN
@@ -41,9 +42,10 @@ from worker.watchdog import redis_now_ms
 
 log = structlog.get_logger(__name__)
 
-LAG_COUNT_LIMIT: Final = 1_000  # undelivered entries counted one by one, at most
+# Undelivered entries counted one by one, at most: an XRANGE returns them whole, and an
+# entry may be up to FLORIST_MAX_ENTRY_BYTES.
+LAG_COUNT_LIMIT: Final = 100
 _ATTEMPTS: Final = 3  # readings tried when the group moves back in between (a failover)
-_LAST_ID: Final = StreamPosition(2**64 - 1, 2**64 - 1)  # nothing can follow it
 
 
 def _text(value: bytes | str) -> str:
@@ -120,27 +122,38 @@ def check_stream(
 
 
 def _read(client: redis.Redis, stream: str, group: str) -> _Reading:
-    """XINFO STREAM, XINFO GROUPS and an XRANGE after ``last-delivered-id``, in one
-    MULTI/EXEC. The XRANGE starts where the group was just before; if the group moved
-    back meanwhile (a failover), read again (a few times, then the count is a guess)."""
-    start = _delivered(_find(client.xinfo_groups(stream), group))
-    reading = None
+    """XINFO STREAM and XINFO GROUPS in one MULTI/EXEC; when the group has entries left to
+    count, again with an XRANGE after the ``last-delivered-id`` just seen. A group that
+    moved back meanwhile (a failover) is read again; after a few tries the count is a
+    guess (``complete`` false)."""
+    start: StreamPosition | None = None
+    reading: _Reading | None = None
     for _attempt in range(_ATTEMPTS):
         pipe = client.pipeline(transaction=True)
         pipe.xinfo_stream(stream)
         pipe.xinfo_groups(stream)
-        if start is not None and start < _LAST_ID:
+        if start is not None:
             pipe.xrange(stream, min=f"({start}", max="+", count=LAG_COUNT_LIMIT + 1)
         info, groups, *after = pipe.execute()
         found = _find(groups, group)
         delivered = _delivered(found)
-        complete = start is not None and delivered is not None and delivered >= start
-        reading = _Reading(info, found, after[0] if after else [], complete)
-        if complete or delivered is None:
+        counted = start is not None and delivered is not None and delivered >= start
+        reading = _Reading(info, found, after[0] if after else [], counted)
+        if delivered is None or counted or _known_without_count(info, delivered):
             return reading
         start = delivered
     assert reading is not None
     return reading
+
+
+def _known_without_count(info: Mapping[Any, Any], delivered: StreamPosition) -> bool:
+    """The lag needs no XRANGE: the stream is empty, the group is behind its first entry
+    (every entry is left: the length), or at its last generated ID (none is: 0)."""
+    first = info.get("first-entry")
+    if not int(info["length"]) or first is None:
+        return True
+    last = StreamPosition.parse(_text(info["last-generated-id"]))
+    return StreamPosition.parse(first[0]) > delivered or delivered >= last
 
 
 def _find(groups: Any, group: str) -> Mapping[Any, Any] | None:
@@ -170,6 +183,8 @@ def _backlog(reading: _Reading) -> _Backlog:
     redis_lag = _int_or_none(group.get("lag"))
     if not length or first is None or StreamPosition.parse(first[0]) > delivered:
         lag, exact = length, True  # every entry left is after the group's position
+    elif _known_without_count(info, delivered):
+        lag, exact = 0, True  # the group is at the last generated ID
     else:
         counted = sum(1 for entry in reading.after if StreamPosition.parse(entry[0]) > delivered)
         exact = reading.complete and len(reading.after) <= LAG_COUNT_LIMIT
