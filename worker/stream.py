@@ -280,14 +280,10 @@ class GroupStream:
         summary: Any = self.client.xpending(self.stream, self.group)
         return int(summary["pending"])
 
-    def lag(self) -> int | None:
-        """Entries not yet delivered to the group, counted (:mod:`worker.stream_health`:
-        Redis's own XINFO lag stays wrong after a failover)."""
-        return self.health().lag
-
     def health(self) -> StreamHealth:
-        """Read the stream's integrity, and log a warning for entries lost since the last
-        reading and for an entry ID too far ahead of Redis's clock."""
+        """Read the stream's integrity (its ``lag`` is the true backlog: counted, as Redis's
+        own XINFO lag stays wrong after a failover), and log a warning for entries lost
+        since the last reading and for an entry ID too far ahead of Redis's clock."""
         health = check_stream(
             self.client, self.stream, self.group, max_ahead_s=self.max_entry_ahead_s
         )
