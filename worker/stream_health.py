@@ -37,6 +37,7 @@ from typing import Any, Final
 import redis
 import structlog
 
+from worker.cluster import is_cluster
 from worker.positions import StreamPosition
 from worker.watchdog import redis_now_ms
 
@@ -117,7 +118,7 @@ def check_stream(
         last_generated_id=last_id,
         ahead_s=round(max(0, ahead_ms) / 1000, 3),
         ahead_limit_s=max_ahead_s,
-        server=server_identity(client),
+        server=server_identity(client, stream),
     )
 
 
@@ -197,14 +198,21 @@ def _backlog(reading: _Reading) -> _Backlog:
     return _Backlog(lag, exact, redis_lag, gone)
 
 
-def server_identity(client: redis.Redis) -> str:
-    """The Redis server(s) answering: run id and replication id. A restart or a promoted
-    replica answers with another one (in a Cluster, any node's failover changes it)."""
-    reply: Any = client.info("server", "replication")
-    nodes = [reply] if "run_id" in reply else list(reply.values())
-    return ",".join(
-        sorted(f"{node.get('run_id', '?')}/{node.get('master_replid', '?')}" for node in nodes)
-    )
+def server_identity(client: redis.Redis, stream: str) -> str | None:
+    """The Redis server holding ``stream``: its run id and replication id. A restart or a
+    promoted replica answers with others (in a Cluster, the node of the stream's slot).
+    ``None`` when Redis refuses INFO (an ACL user without it): losses are then not told
+    from failovers, and not counted."""
+    try:
+        if is_cluster(client):
+            cluster: Any = client
+            node = cluster.get_node_from_key(stream)
+            reply: Any = cluster.info("server", "replication", target_nodes=node)
+        else:
+            reply = client.info("server", "replication")
+    except redis.ResponseError:
+        return None
+    return f"{reply.get('run_id', '?')}/{reply.get('master_replid', '?')}"
 
 
 class LossWatch:
