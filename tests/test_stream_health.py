@@ -15,11 +15,13 @@ import redis
 from pymongo.database import Database
 from structlog.testing import capture_logs
 
+from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
 from tests.support import STREAM, publish, settings, wait_until
 from tests.test_prometheus import Samples, scrape, value
 from worker import deadletter, stream_health
 from worker.cli import main
+from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.prometheus import PrometheusObserver
 from worker.settings import Settings
@@ -323,3 +325,34 @@ def test_an_entry_id_a_day_ahead_is_reported_and_one_within_the_limit_is_not(
     samples = scrape(exporter)
     assert value(samples, "florist_worker_stream_entry_ahead_seconds") > 86_390
     assert value(samples, "florist_worker_stream_entry_ahead_limit_seconds") == 300
+
+
+# -- in a Redis Cluster ---------------------------------------------------------------------
+
+
+@pytest.mark.redis_cluster
+def test_in_a_cluster_the_reading_comes_from_the_node_of_the_stream_s_slot(
+    tmp_path: Path, database: Database[Any]
+) -> None:
+    stream = "{integrity}:events"
+    with LocalCluster(tmp_path / "cluster") as cluster:
+        values = _settings(cluster.url, redis_cluster=True, stream=stream)
+        client = connect_redis(values)
+        try:
+            client.xadd(stream, dict[Any, Any](INVALID))
+            worker = Worker(client, database, values)
+            worker.drain()
+            assert worker.stream.health().gone_unread == 0  # the first reading
+            client.xadd(stream, dict[Any, Any](INVALID))  # unread...
+            client.xadd(stream, dict[Any, Any](INVALID), maxlen=0, approximate=False)  # trimmed
+
+            with capture_logs() as logs:
+                health = worker.stream.health()
+
+            node: Any = client.get_node_from_key(stream)  # type: ignore[attr-defined]
+            run_id = client.info("server", target_nodes=node)["run_id"]  # type: ignore[call-arg]
+            assert health.server is not None and health.server.startswith(f"{run_id}/")
+            assert (health.lag, health.gone_unread) == (0, 2)
+            assert [line["lost"] for line in _events(logs, LOST)] == [2]
+        finally:
+            client.close()

@@ -57,6 +57,11 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def _get(reply: Mapping[Any, Any], name: str) -> Any:
+    """A field of an XINFO reply: keyed by text, or by bytes (a Cluster's transaction)."""
+    return reply.get(name, reply.get(name.encode()))
+
+
 def _is_missing_key(error: redis.ResponseError) -> bool:
     message = str(error)
     return "no such key" in message or message.startswith("NOGROUP")
@@ -105,7 +110,7 @@ def check_stream(
         if _is_missing_key(error):
             return StreamHealth(ahead_limit_s=max_ahead_s)
         raise
-    last_id = _text(reading.stream["last-generated-id"])
+    last_id = _text(_get(reading.stream, "last-generated-id"))
     ahead_ms = StreamPosition.parse(last_id).milliseconds - redis_now_ms(client)
     backlog = _Backlog() if reading.group is None else _backlog(reading)
     return StreamHealth(
@@ -150,21 +155,21 @@ def _read(client: redis.Redis, stream: str, group: str) -> _Reading:
 def _known_without_count(info: Mapping[Any, Any], delivered: StreamPosition) -> bool:
     """The lag needs no XRANGE: the stream is empty, the group is behind its first entry
     (every entry is left: the length), or at its last generated ID (none is: 0)."""
-    first = info.get("first-entry")
-    if not int(info["length"]) or first is None:
+    first = _get(info, "first-entry")
+    if not int(_get(info, "length")) or first is None:
         return True
-    last = StreamPosition.parse(_text(info["last-generated-id"]))
+    last = StreamPosition.parse(_text(_get(info, "last-generated-id")))
     return StreamPosition.parse(first[0]) > delivered or delivered >= last
 
 
 def _find(groups: Any, group: str) -> Mapping[Any, Any] | None:
-    return next((info for info in groups if _text(info["name"]) == group), None)
+    return next((info for info in groups if _text(_get(info, "name")) == group), None)
 
 
 def _delivered(group: Mapping[Any, Any] | None) -> StreamPosition | None:
     if group is None:
         return None
-    return StreamPosition.parse(_text(group.get("last-delivered-id") or "0-0"))
+    return StreamPosition.parse(_text(_get(group, "last-delivered-id") or "0-0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +184,9 @@ def _backlog(reading: _Reading) -> _Backlog:
     """The true lag, Redis's, and the entries gone unread (module docstring)."""
     info, group = reading.stream, reading.group or {}
     delivered = _delivered(group) or StreamPosition(0, 0)
-    length = int(info["length"])
-    first = info.get("first-entry")
-    redis_lag = _int_or_none(group.get("lag"))
+    length = int(_get(info, "length"))
+    first = _get(info, "first-entry")
+    redis_lag = _int_or_none(_get(group, "lag"))
     if not length or first is None or StreamPosition.parse(first[0]) > delivered:
         lag, exact = length, True  # every entry left is after the group's position
     elif _known_without_count(info, delivered):
