@@ -103,7 +103,8 @@ class StreamCollector:
         return CounterMetricFamily(
             f"{PREFIX}_stream_entries_lost",
             "entries trimmed or deleted before the group read them, as this exporter saw "
-            f"{PREFIX}_stream_gone_unread grow on one Redis server (a failover starts over)",
+            f"{PREFIX}_stream_gone_unread grow on one Redis server (a failover starts over; "
+            "every worker's exporter counts the same losses: use max() across workers)",
             value=self.losses.lost_total,
         )
 

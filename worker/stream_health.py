@@ -89,9 +89,9 @@ class StreamHealth:
 
 @dataclass(frozen=True, slots=True)
 class _Reading:
-    """The raw answers of one MULTI/EXEC; ``complete``: ``after`` starts at or before
-    the group's ``last-delivered-id`` (every entry after it is in ``after``, up to the
-    limit)."""
+    """The raw answers of one MULTI/EXEC. ``complete``: its XRANGE started at or before
+    the ``last-delivered-id`` read in the same transaction, so ``after`` holds every entry
+    after it (up to the limit)."""
 
     stream: Mapping[Any, Any]
     group: Mapping[Any, Any] | None
