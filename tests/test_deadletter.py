@@ -30,6 +30,7 @@ from worker.events import parse_entry
 from worker.letters import BOOKKEEPING
 from worker.logs import configure_logging
 from worker.positions import StreamPosition
+from worker.requeues import RequeueRecord
 from worker.settings import Settings
 from worker.store import MongoJobStore
 from worker.stream import DeadLetter, Entry, dead_letter_entry
@@ -147,7 +148,10 @@ def test_requeue_puts_the_original_fields_back_with_origin_id_and_removes_the_le
     assert StreamPosition.parse(new_id) > StreamPosition.parse(unknown_id)  # at the end
     token = fields.pop("requeue_token")
     assert fields == {**unknown_job_entry, "origin_id": unknown_id}
-    assert real_redis.hget(STREAM + ":requeued", token) == unknown_id.encode()
+    record = RequeueRecord.parse(real_redis.hget(STREAM + ":requeued", token).decode())
+    assert record is not None and record.origin_id == unknown_id
+    written = {key.encode(): value.encode() for key, value in fields.items()}
+    assert record.vouches_for(written)
     assert not (set(BOOKKEEPING) - {"origin_id"}) & set(fields)
     assert parse_entry(fields).position(new_id) == StreamPosition.parse(unknown_id)
     assert get_dead_letter(real_redis, letter_id, settings=settings()) is None

@@ -49,6 +49,7 @@ from worker.events import Limits
 from worker.letters import dead_letter_fields, original_fields
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
+from worker.requeues import RequeueRecord, digest_of
 from worker.replay import replay
 from worker.settings import Settings
 from worker.stream import Entry
@@ -510,7 +511,8 @@ def test_requeue_writes_back_every_original_field_whatever_its_name(fake_redis, 
         **{k.encode(): v.encode() for k, v in original.items()},
         b"origin_id": entry_id.encode(),
     }
-    assert fake_redis.hget(f"{STREAM}:requeued", token) == entry_id.encode()
+    record = RequeueRecord.parse(fake_redis.hget(f"{STREAM}:requeued", token).decode())
+    assert record == RequeueRecord(entry_id, digest_of(fields))
 
 
 def test_the_producer_acl_cannot_write_requeue_records_or_read_tokens(tmp_path):
