@@ -469,7 +469,7 @@ def test_a_producer_cannot_backdate_an_entry(fake_redis, database, token):
     assert make_worker(fake_redis, database).drain() == {"invalid": 2}
     document = job_of(database, JOB)
     assert document["status"] == "FINISHED_SUCCESSFULLY"
-    assert "error_message" not in document
+    assert document["error_message"] is None
     assert json.loads(document["server_metrics"]) == {"v": 2}
     assert all("vouched" in letter["dead_error"] for letter in dead_letters(fake_redis))
 
