@@ -343,6 +343,7 @@ def test_job_filter_replays_the_entries_that_name_the_job_by_uuid(
 
     assert dict(report.counts) == {"applied": 38}
     assert (report.read, report.skipped) == (76, 38)
+    assert dict(report.applied_by_job) == {JOB: 38}
     assert document(database) == document(expected)
     assert document(database, "other-job") == other
 

@@ -300,7 +300,8 @@ class _Replay:
                 )
             if outcome is Outcome.APPLIED and item.event is not None:
                 event = item.event
-                self.report.applied_by_job[event.job_id or ":".join(event.identity)] += 1
+                job = self.job.job_id if self.job is not None else ":".join(event.identity)
+                self.report.applied_by_job[event.job_id or job] += 1
             self.report.read += 1
             self.report.last_id = item.entry.id
         self.report.read += len(page) - len(planned)  # the skipped ones
