@@ -49,8 +49,8 @@ from worker.events import Limits
 from worker.letters import dead_letter_fields, original_fields
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
-from worker.requeues import RequeueRecord, digest_of
 from worker.replay import replay
+from worker.requeues import RequeueRecord, digest_of
 from worker.settings import Settings
 from worker.stream import Entry
 

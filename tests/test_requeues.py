@@ -34,8 +34,10 @@ def _requeued_entry(fields: dict[bytes, bytes], origin_id: str) -> tuple[dict[by
 
 
 names = st.sampled_from(
-    [b"v", b"type", b"job_id", b"server_uuid", b"client_uuid", b"metrics", b"status"]
-    + [b"error_message", b"origin_id", b"sent_at", b"x"]
+    [
+        *(b"v", b"type", b"job_id", b"server_uuid", b"client_uuid", b"metrics", b"status"),
+        *(b"error_message", b"origin_id", b"sent_at", b"x"),
+    ]
 )
 values = st.one_of(
     st.sampled_from([b"", b"1", b"job-a", b"job-b", b"FINISHED_WITH_ERROR", b"5-0", b"{}"]),
