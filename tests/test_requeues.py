@@ -17,7 +17,16 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.support import STREAM, dead_letters, job_of, make_worker, settings
+from tests.mongo_checks import CheckingDatabase
+from tests.support import (
+    STREAM,
+    dead_letters,
+    job_of,
+    make_worker,
+    requeued,
+    settings,
+)
+from worker.consumer import Worker
 from worker.deadletter import list_dead_letters, requeue
 from worker.replay import replay
 from worker.requeues import RequeueRecord, digest_of, vouched_origin
@@ -206,3 +215,72 @@ def test_replay_rebuilds_the_document_a_requeue_left(
     assert counts == {"applied": 2, "duplicate": 1, "invalid": 1}
     for job_id in (JOB, OTHER):
         assert job_of(rebuilt, job_id) == job_of(database, job_id)
+
+
+# ------------------------- origin_id claims: unvouched, or not before the entry
+
+
+def _database(*documents: dict[str, Any]) -> Any:
+    database = CheckingDatabase(mongomock_ng.MongoClient()["review"])
+    for document in documents or (
+        {"_id": JOB, "status": "NOT_STARTED", "clients_info": []},
+        {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
+    ):
+        database["job"].insert_one(dict(document))
+    return database
+
+
+def _server(job: str, metrics: dict[str, Any], **extra: str) -> dict[str, str]:
+    return {
+        "v": "1",
+        "type": "server.metrics",
+        "job_id": job,
+        "metrics": json.dumps(metrics),
+        **extra,
+    }
+
+
+def test_a_letter_claiming_an_unvouched_origin_is_held_until_vouched_then_loses_to_newer(
+    fake_redis,
+):
+    database = _database()
+    config = settings()
+    # History: the snapshot of round 1 (first ID 100-0) was dead-lettered by an older
+    # worker, round 3 was applied at 300-0, then the older `dlq requeue` wrote round 1
+    # back at 500-0 with origin_id 100-0 and no token. Then the upgrade.
+    fake_redis.xadd(STREAM, _server(JOB, {"round": 3}), id="300-0")
+    fake_redis.xadd(STREAM, _server(JOB, {"round": 1}, origin_id="100-0"), id="500-0")
+    Worker(fake_redis, database, config).drain()  # 300-0 applied, 500-0 invalid
+    assert json.loads(job_of(database, JOB)["server_metrics"]) == {"round": 3}
+
+    # A plain requeue leaves such a letter in place: at its own later ID the old snapshot
+    # would overwrite round 3.
+    assert requeue(fake_redis, settings=config) == 0
+    assert fake_redis.xlen(config.dead_stream) == 1
+    # The operator who knows it was an older version's requeue vouches for the claim.
+    assert requeue(fake_redis, settings=config, vouch_claimed_origin=True) == 1
+    assert Worker(fake_redis, database, config).drain() == {"duplicate": 1}
+
+    assert json.loads(job_of(database, JOB)["server_metrics"]) == {"round": 3}
+
+
+def _client_event(version, **extra):
+    return {
+        "v": "1",
+        "type": "client.metrics",
+        "job_id": JOB,
+        "client_uuid": "u",
+        "metrics": json.dumps({"version": version}),
+        **extra,
+    }
+
+
+def test_an_origin_id_not_before_the_entrys_own_id_is_invalid(fake_redis, database):
+    database["job"].insert_one(
+        {"_id": JOB, "status": "IN_PROGRESS", "clients_info": [{"uuid": "u"}]}
+    )
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(1), "99999999999999-0"), id="5-0")
+    fake_redis.xadd(STREAM, _client_event(2), id="6-0")
+    assert make_worker(fake_redis, database, batch_size=1).drain() == {"invalid": 1, "applied": 1}
+    assert "not before the entry's own ID" in dead_letters(fake_redis)[0]["dead_error"]
+    assert json.loads(job_of(database, JOB)["clients_info"][0]["metrics"]) == {"version": 2}
