@@ -15,6 +15,7 @@ from worker.consumer import Worker
 from worker.events import Event
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
+from worker.requeues import RequeueRecord
 from worker.settings import Settings
 from worker.store import MongoJobStore
 
@@ -54,8 +55,10 @@ def requeued(client: redis.Redis, fields: Mapping[str, str], origin_id: str) -> 
     """``fields`` as `dlq requeue` writes them: ``origin_id`` with a token whose record
     (written here, as the requeue does) vouches for it."""
     token = f"test-{origin_id}-{len(fields)}-{time.monotonic_ns()}"
-    client.hset(f"{STREAM}:requeued", token, origin_id)
-    return {**fields, "origin_id": origin_id, "requeue_token": token}
+    written = {**fields, "origin_id": origin_id, "requeue_token": token}
+    record = RequeueRecord.of({key.encode(): value.encode() for key, value in written.items()})
+    client.hset(f"{STREAM}:requeued", token, record.text())
+    return written
 
 
 def make_worker(client: redis.Redis, database: Database[Any], **overrides: Any) -> Worker:

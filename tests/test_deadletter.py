@@ -15,6 +15,7 @@ import redis
 import structlog
 from pymongo.database import Database
 
+from tests.support import make_worker
 from worker import deadletter
 from worker.cli import main
 from worker.commands import dlq
@@ -30,9 +31,10 @@ from worker.events import parse_entry
 from worker.letters import BOOKKEEPING
 from worker.logs import configure_logging
 from worker.positions import StreamPosition
+from worker.requeues import RequeueRecord
 from worker.settings import Settings
 from worker.store import MongoJobStore
-from worker.stream import DeadLetter, Entry, dead_letter_entry
+from worker.stream import DeadLetter, DeadStreamMisconfigured, Entry, dead_letter_entry
 
 STREAM = "florist:events"
 DEAD = "florist:events:dead"
@@ -147,7 +149,10 @@ def test_requeue_puts_the_original_fields_back_with_origin_id_and_removes_the_le
     assert StreamPosition.parse(new_id) > StreamPosition.parse(unknown_id)  # at the end
     token = fields.pop("requeue_token")
     assert fields == {**unknown_job_entry, "origin_id": unknown_id}
-    assert real_redis.hget(STREAM + ":requeued", token) == unknown_id.encode()
+    record = RequeueRecord.parse(real_redis.hget(STREAM + ":requeued", token).decode())
+    assert record is not None and record.origin_id == unknown_id
+    written = {key.encode(): value.encode() for key, value in fields.items()}
+    assert record.vouches_for(written)
     assert not (set(BOOKKEEPING) - {"origin_id"}) & set(fields)
     assert parse_entry(fields).position(new_id) == StreamPosition.parse(unknown_id)
     assert get_dead_letter(real_redis, letter_id, settings=settings()) is None
@@ -428,3 +433,14 @@ def test_cli_reports_an_unreachable_redis(capsys: pytest.CaptureFixture[str]) ->
 )
 def test_ages_are_shown_in_their_largest_whole_unit(age: timedelta | None, text: str) -> None:
     assert dlq.format_age(age) == text
+
+
+def test_a_dead_letter_key_of_another_type_stops_the_worker_before_anything_is_acked(
+    real_redis, database
+):
+    real_redis.set(DEAD, "not a stream")
+    real_redis.xadd(STREAM, {"v": "1"})
+    with pytest.raises(DeadStreamMisconfigured, match="holds a string"):
+        make_worker(real_redis, database).drain()
+    assert real_redis.xlen(STREAM) == 1
+    assert real_redis.get(DEAD) == b"not a stream"

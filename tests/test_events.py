@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from florist_events import InvalidEvent, check_entry
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -99,6 +100,34 @@ def test_each_kind_of_bad_entry_has_a_specific_message(fields, outcome, message)
         parse_entry(fields)
     assert caught.value.outcome == outcome
     assert message in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("version", "outcome"),
+    [
+        ("2", "unsupported_version"),
+        ("02", "unsupported_version"),
+        ("9" * 18, "unsupported_version"),
+        ("9" * 19, "unsupported_version"),
+        ("1" + "0" * 30, "unsupported_version"),
+        ("7" * 5000, "unsupported_version"),  # more digits than int() takes
+        ("0", "invalid"),
+        ("01", "invalid"),  # version 1 spelled otherwise
+        ("0" * 25, "invalid"),
+        ("\u00b2", "invalid"),  # a digit, but not an ASCII one
+        ("1" * 20 + "\u0663", "invalid"),
+        ("2\n", "invalid"),
+        ("-2", "invalid"),
+    ],
+)
+def test_a_version_of_ascii_digits_of_any_length_after_1_is_unsupported(version, outcome):
+    fields = {"v": version, "type": "job.status", "job_id": "j", "status": "IN_PROGRESS"}
+    with pytest.raises(InvalidEntry) as caught:
+        parse_entry(fields)
+    assert caught.value.outcome == outcome
+    with pytest.raises(InvalidEvent) as refused:  # the producer files it the same way
+        check_entry(fields)
+    assert refused.value.outcome == outcome
 
 
 def test_limits_are_configurable():

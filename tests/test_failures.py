@@ -6,6 +6,7 @@ import json
 import time
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import AutoReconnect, ServerSelectionTimeoutError
@@ -270,3 +271,48 @@ def test_stop_during_an_outage_acknowledges_nothing(real_redis, database):
     assert worker.drain() == {}
     assert pending_of(real_redis) == 1
     assert dead_letters(real_redis) == []
+
+
+def test_an_entry_another_worker_claimed_meanwhile_stays_pending_for_it(real_redis, database):
+    real_redis.xadd(
+        STREAM, {"v": "1", "type": "job.status", "job_id": JOB, "status": "IN_PROGRESS"}
+    )
+    a = make_worker(real_redis, database, consumer="a", retry_idle_ms=1)
+    assert a.drain() == {"unknown_job": 1}
+    stale = real_redis.xpending_range(STREAM, "florist-worker", "-", "+", 10, consumername="a")
+    # Between a's XPENDING and a's XCLAIM, b claims the entry.
+    real_redis.xclaim(STREAM, "florist-worker", "b", 0, [stale[0]["message_id"]])
+    original = a.stream.client.xpending_range
+    a.stream.client.xpending_range = lambda *args, **kwargs: stale
+    try:
+        # b's claim just reset the entry's idle time, so a's XCLAIM (min idle 1 s) skips it
+        assert a.stream.claim_own_retries(1_000, 10) == []
+    finally:
+        a.stream.client.xpending_range = original
+    assert pending_of(real_redis, "b") == 1  # still pending, for b to retry
+
+
+class FailingOver:
+    """A client whose first reads fail as a demoted primary's do during a failover."""
+
+    def __init__(self, client, failures):
+        self._client = client
+        self._failures = failures
+
+    def xreadgroup(self, *args, **kwargs):
+        if self._failures:
+            self._failures -= 1
+            raise redis.exceptions.ReadOnlyError("You can't write against a read only replica.")
+        return self._client.xreadgroup(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_a_read_only_replica_during_a_failover_is_waited_out_like_an_outage(fake_redis, database):
+    database["job"].insert_one({"_id": JOB, "status": "NOT_STARTED"})
+    fake_redis.xadd(
+        STREAM, {"v": "1", "type": "job.status", "job_id": JOB, "status": "IN_PROGRESS"}
+    )
+    worker = make_worker(FailingOver(fake_redis, 3), database)
+    assert worker.drain() == {"applied": 1}

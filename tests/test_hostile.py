@@ -50,6 +50,7 @@ from worker.letters import dead_letter_fields, original_fields
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 from worker.replay import replay
+from worker.requeues import RequeueRecord, digest_of
 from worker.settings import Settings
 from worker.stream import Entry
 
@@ -468,7 +469,7 @@ def test_a_producer_cannot_backdate_an_entry(fake_redis, database, token):
     assert make_worker(fake_redis, database).drain() == {"invalid": 2}
     document = job_of(database, JOB)
     assert document["status"] == "FINISHED_SUCCESSFULLY"
-    assert "error_message" not in document
+    assert document["error_message"] is None
     assert json.loads(document["server_metrics"]) == {"v": 2}
     assert all("vouched" in letter["dead_error"] for letter in dead_letters(fake_redis))
 
@@ -510,7 +511,8 @@ def test_requeue_writes_back_every_original_field_whatever_its_name(fake_redis, 
         **{k.encode(): v.encode() for k, v in original.items()},
         b"origin_id": entry_id.encode(),
     }
-    assert fake_redis.hget(f"{STREAM}:requeued", token) == entry_id.encode()
+    record = RequeueRecord.parse(fake_redis.hget(f"{STREAM}:requeued", token).decode())
+    assert record == RequeueRecord(entry_id, digest_of(fields))
 
 
 def test_the_producer_acl_cannot_write_requeue_records_or_read_tokens(tmp_path):

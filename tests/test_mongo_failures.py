@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -400,3 +401,49 @@ def test_a_guard_that_would_repeat_is_a_refusal_of_that_entry_not_an_outage():
         with pytest.raises(StoreRejected, match="does not match the guard"):
             store.apply(parse_entry(fields), StreamPosition(5, 0))
         assert collection.writes == 2  # the first write, then one compare-and-set round
+
+
+class RefusingCollection:
+    """Refuses every write to one job, as MongoDB does for a document over 16 MiB."""
+
+    def __init__(self, collection):
+        self.collection = collection
+
+    def update_one(self, query, update, **kwargs):
+        if query["_id"] == "big":
+            raise WriteError("Resulting document after update is larger than 16777216", 17419)
+        return self.collection.update_one(query, update, **kwargs)
+
+    def find_one(self, *args, **kwargs):
+        return self.collection.find_one(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.collection, name)
+
+
+class RefusingDatabase:
+    def __init__(self, database):
+        self.database = database
+
+    def __getitem__(self, name):
+        return RefusingCollection(self.database[name])
+
+
+def test_a_refused_write_is_dead_lettered_after_its_deliveries_while_the_others_apply(
+    real_redis, database
+):
+    database["job"].insert_many(
+        [{"_id": "big", "status": "IN_PROGRESS"}, {"_id": JOB, "status": "NOT_STARTED"}]
+    )
+    for job in ("big", JOB):
+        real_redis.xadd(
+            STREAM, {"v": "1", "type": "server.metrics", "job_id": job, "metrics": "{}"}
+        )
+    worker = make_worker(real_redis, RefusingDatabase(database), retry_idle_ms=1, max_deliveries=2)
+    assert worker.drain() == {"store_error": 1, "applied": 1}
+    assert job_of(database, JOB)["server_metrics"] == "{}"
+    time.sleep(0.005)
+    assert worker.drain() == {"store_error": 1}
+    [letter] = dead_letters(real_redis)
+    assert letter["dead_reason"] == "store_error" and "16777216" in letter["dead_error"]
+    assert pending_of(real_redis) == 0

@@ -163,3 +163,28 @@ def test_metrics_keep_applying_after_the_job_finished(fake_redis, database):
     document = job_of(database, JOB)
     assert json.loads(document["server_metrics"]) == {"version": "shutdown snapshot"}
     assert document["status"] == "FINISHED_SUCCESSFULLY"
+
+
+def _client_event(version, **extra):
+    return {
+        "v": "1",
+        "type": "client.metrics",
+        "job_id": JOB,
+        "client_uuid": "u",
+        "metrics": json.dumps({"version": version}),
+        **extra,
+    }
+
+
+def test_every_copy_of_a_repeated_client_uuid_gets_the_same_newest_snapshot(fake_redis, database):
+    database["job"].insert_one(
+        {"_id": JOB, "status": "IN_PROGRESS", "clients_info": [{"uuid": "u"}, {"uuid": "u"}]}
+    )
+    fake_redis.xadd(STREAM, _client_event(2), id="5-2")  # the newer one first
+    worker = make_worker(fake_redis, database, batch_size=1)
+    assert worker.drain() == {"applied": 1}
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(1), "5-1"), id="6-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(2), "5-2"), id="6-1")
+    assert worker.drain() == {"duplicate": 2}
+    metrics = [json.loads(c["metrics"]) for c in job_of(database, JOB)["clients_info"]]
+    assert metrics == [{"version": 2}, {"version": 2}]

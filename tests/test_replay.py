@@ -307,6 +307,60 @@ def test_job_filter_replays_one_job_and_skips_the_others(
     assert document(database, "other-job") == other
 
 
+def _named_by_uuid(fields: dict[str, str], server_uuid: str) -> dict[str, str]:
+    """An entry as StreamMetricsReporter publishes it: the job named by a uuid only."""
+    named = {key: value for key, value in fields.items() if key != "job_id"}
+    if "client_uuid" not in named:
+        named["server_uuid"] = server_uuid
+    return named
+
+
+def test_job_filter_replays_the_entries_that_name_the_job_by_uuid(
+    real_redis: redis.Redis,
+    database: Database[Any],
+    job_document: dict[str, Any],
+    sample_entries: list[dict[str, str]],
+) -> None:
+    other = copy.deepcopy(job_document)
+    other["_id"], other["server_uuid"] = "other-job", "other-server"
+    for index, client in enumerate(other["clients_info"]):
+        client["uuid"] = f"other-client-{index}"
+    renamed = {
+        client["uuid"]: f"other-client-{index}"
+        for index, client in enumerate(job_document["clients_info"])
+    }
+    database["job"].insert_many([copy.deepcopy(job_document), copy.deepcopy(other)])
+    expected = fresh_database(job_document)
+    for fields in sample_entries:
+        mine = _named_by_uuid(fields, job_document["server_uuid"])
+        theirs = _named_by_uuid(fields, "other-server")
+        if "client_uuid" in theirs:
+            theirs["client_uuid"] = renamed[theirs["client_uuid"]]
+        publish(real_redis, [mine, theirs])
+    replay(real_redis, expected, settings=settings())  # the whole stream, this job's half
+
+    report = run_replay(real_redis, MongoJobStore(database), settings(), job_id=JOB)
+
+    assert dict(report.counts) == {"applied": 38}
+    assert (report.read, report.skipped) == (76, 38)
+    assert dict(report.applied_by_job) == {JOB: 38}
+    assert document(database) == document(expected)
+    assert document(database, "other-job") == other
+
+
+def test_job_filter_skips_entries_whose_uuid_no_job_holds(
+    real_redis: redis.Redis, database: Database[Any], job_document: dict[str, Any]
+) -> None:
+    database["job"].insert_one(copy.deepcopy(job_document))
+    snapshot = {"v": "1", "type": "server.metrics", "metrics": "{}"}
+    publish(real_redis, [{**snapshot, "server_uuid": "nobody"}, {"v": "1", "type": "x"}])
+
+    report = run_replay(real_redis, MongoJobStore(database), settings(), job_id=JOB)
+
+    assert (dict(report.counts), report.read, report.skipped) == ({}, 2, 2)
+    assert document(database) == job_document
+
+
 def test_pages_continue_after_the_last_id_compared_as_integers(
     real_redis: redis.Redis,
     database: Database[Any],

@@ -5,8 +5,8 @@ A dead letter is the original entry plus bookkeeping (``dead_reason``,
 layout is :mod:`worker.letters`). Requeueing writes the original field map back to
 the END of the events stream exactly as it was received, except for two fields the
 requeue sets: ``origin_id`` (the ID the event had first) and ``requeue_token``, whose
-record in ``<stream>:requeued`` vouches for that ``origin_id`` (see
-:mod:`worker.requeues`). The worker's guards compare ``origin_id``, not the new ID, so
+record in ``<stream>:requeued`` vouches for that ``origin_id`` on exactly the entry
+written (see :mod:`worker.requeues`). The worker's guards compare ``origin_id``, not the new ID, so
 a requeued old snapshot cannot overwrite a newer one that was applied meanwhile.
 
 Each page of requeued entries is one MULTI/EXEC of HSET (the record), XADD (events
@@ -277,7 +277,7 @@ def requeue_letters(
     for letter in letters:
         token = requeues.new_token()
         fields: Any = letter.requeued_fields(token, vouch_claimed_origin=vouch_claimed_origin)
-        pipe.hset(records_key, token, fields[b"origin_id"])
+        pipe.hset(records_key, token, requeues.RequeueRecord.of(fields).text())
         pipe.xadd(settings.stream, fields)
         pipe.xdel(settings.dead_stream, letter.id)
     replies = pipe.execute()

@@ -100,10 +100,9 @@ def _finish_fields(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     to_set: dict[str, Any] = {"status": status.value, STATUS_POSITION: key}
     to_unset: dict[str, Any] = {}
-    if status is JobStatus.FINISHED_WITH_ERROR and error_message is not None:
-        to_set["error_message"] = error_message
-    else:
-        to_unset["error_message"] = ""
+    # FLorist writes error_message as null (Job.create): a finish without a message keeps
+    # that shape, and clears one a later finish had written.
+    to_set["error_message"] = error_message if status is JobStatus.FINISHED_WITH_ERROR else None
     return to_set, to_unset
 
 

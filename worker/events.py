@@ -11,7 +11,6 @@ message a person can act on.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal, Self
@@ -25,6 +24,7 @@ from florist_events.wire import HOST_HEARTBEAT as HOST_HEARTBEAT
 from florist_events.wire import JOB_STATUS as JOB_STATUS
 from florist_events.wire import SCHEMA_VERSION as SCHEMA_VERSION
 from florist_events.wire import SERVER_METRICS as SERVER_METRICS
+from florist_events.wire import broken_rule, is_newer_version, rule_of
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -319,17 +319,13 @@ def _text(raw: Any, what: str) -> str:
     raise InvalidEntry("invalid", f"{what} must be text, got {type(raw).__name__}")
 
 
-_VERSION: Final = re.compile("[0-9]{1,18}")
-
-
 def _check_version(fields: dict[str, Any]) -> None:
     if "v" not in fields:
         raise InvalidEntry("invalid", "missing field 'v' (the schema version, '1')")
     version = fields["v"]
     if version == str(SCHEMA_VERSION):
         return
-    # ASCII digits only: str.isdigit() also accepts digits that int() refuses ("²").
-    if isinstance(version, str) and _VERSION.fullmatch(version) and int(version) > SCHEMA_VERSION:
+    if is_newer_version(version):  # ASCII digits, any number of them
         raise InvalidEntry(
             "unsupported_version",
             f"schema version {version} is newer than this worker knows ({SCHEMA_VERSION})",
@@ -379,18 +375,28 @@ def _describe(error: ValidationError, event_type: str) -> str:
 # pydantic's validation, its private-attribute set-up and the collector work its
 # containers cause were most of the worker's CPU per entry (bench/README.md, "Profile of
 # the read path"). Entries a producer wrote correctly take this path instead: it checks
-# exactly the models' rules and builds the same model instances as validation would
-# (the same ``__dict__`` in field order, fields set, private text), without running
+# the entry against the wire format's rules (``florist_events.wire.RULES``, the table the
+# producers check from too) and builds the same model instance as validation would (the
+# same ``__dict__`` in field order, fields set, private text), without running
 # validation. Anything it is not sure of, valid or not, goes to pydantic, so the models
 # stay the one source of every error message and outcome; tests/test_fast_path.py checks
 # that both paths agree on arbitrary and near-valid field maps.
 
 _STATUSES: Final[dict[str, JobStatus]] = {member.value: member for member in JobStatus}
+_MODELS: Final[dict[str, type[Event]]] = {
+    SERVER_METRICS: ServerMetricsEvent,
+    CLIENT_METRICS: ClientMetricsEvent,
+    JOB_STATUS: JobStatusEvent,
+    HOST_HEARTBEAT: HeartbeatEvent,
+}
+# Each model's fields in declaration order (the order validation fills ``__dict__`` in).
+_FIELD_ORDER: Final[dict[type[BaseModel], tuple[str, ...]]] = {
+    model: tuple(model.model_fields) for model in _MODELS.values()
+}
 # Plain sets, never changed: set.intersection returns a set, as __pydantic_fields_set__
 # must be (a frozenset's would be a frozenset), and takes less than keys() & fields.
 _MODEL_FIELDS: Final[dict[type[BaseModel], set[str]]] = {
-    model: set(model.model_fields)
-    for model in (ServerMetricsEvent, ClientMetricsEvent, JobStatusEvent, HeartbeatEvent)
+    model: set(order) for model, order in _FIELD_ORDER.items()
 }
 _new: Final = object.__new__
 # BaseModel's own slots, set through their descriptors (what model_construct does with
@@ -412,88 +418,33 @@ def _origin_ok(origin_id: str) -> bool:
 def _fast_event(
     event_type: str, decoded: dict[str, str], metrics: Any, stored_text: str | None
 ) -> Event | None:
-    """The event, if ``decoded`` (every value an exact ``str``) is surely valid; ``None``
-    when pydantic must decide (and word the error, if any).
+    """The event, if ``decoded`` (every value an exact ``str``, ``metrics`` parsed) is
+    surely valid; ``None`` when pydantic must decide (and word the error, if any).
 
     The instance is built as pydantic's validation leaves it, the way ``model_construct``
     does without its per-field loop: every field in declaration order, the fields set
     are the model's fields present in ``decoded``, no extra, the stored metrics text.
     """
     get = decoded.get
-    job_id = get("job_id")
+    rule = rule_of(event_type, get("host_type"))
+    if rule is None or broken_rule(rule, decoded) is not None:
+        return None
+    if rule.metrics and stored_text is None:  # metrics that are not a checked snapshot
+        return None
     origin_id = get("origin_id")
-    if job_id == "" or (origin_id is not None and not _origin_ok(origin_id)):
+    if origin_id is not None and not _origin_ok(origin_id):
         return None
-    # Every event model declares these five fields first, in this order.
-    envelope = {
-        "v": decoded["v"],
-        "job_id": job_id,
-        "sent_at": get("sent_at"),
-        "origin_id": origin_id,
-        "requeue_token": get("requeue_token"),
-    }
-    model: type[Event]
-    private: dict[str, Any] | None = None
-    if event_type == SERVER_METRICS:
-        server_uuid = get("server_uuid")
-        if stored_text is None or server_uuid == "" or (job_id is None and server_uuid is None):
-            return None
-        model, private = ServerMetricsEvent, {"_stored_text": stored_text}
-        values = {
-            **envelope,
-            "server_uuid": server_uuid,
-            "metrics": metrics,
-            "type": event_type,
-        }
-    elif event_type == CLIENT_METRICS:
-        client_uuid = get("client_uuid")
-        if stored_text is None or not client_uuid:
-            return None
-        model, private = ClientMetricsEvent, {"_stored_text": stored_text}
-        values = {
-            **envelope,
-            "metrics": metrics,
-            "type": event_type,
-            "client_uuid": client_uuid,
-        }
-    elif event_type == JOB_STATUS:
-        server_uuid = get("server_uuid")
-        status = _STATUSES.get(get("status", ""))
-        if status is None or server_uuid == "" or (job_id is None and server_uuid is None):
-            return None
-        model = JobStatusEvent
-        values = {
-            **envelope,
-            "server_uuid": server_uuid,
-            "type": event_type,
-            "status": status,
-            "error_message": get("error_message"),
-        }
-    elif event_type == HOST_HEARTBEAT:
-        host_type = get("host_type")
-        server_uuid = get("server_uuid")
-        client_uuid = get("client_uuid")
-        if host_type == "server":
-            named = server_uuid != "" and (job_id is not None or server_uuid is not None)
-        else:
-            named = host_type == "client" and bool(client_uuid)
-        if not named:
-            return None
-        model = HeartbeatEvent
-        values = {
-            **envelope,
-            "type": event_type,
-            "host_type": host_type,
-            "server_uuid": server_uuid,
-            "client_uuid": client_uuid,
-        }
-    else:
-        return None
+    model = _MODELS[event_type]
+    values: dict[str, Any] = {name: get(name) for name in _FIELD_ORDER[model]}
+    if model is JobStatusEvent:
+        values["status"] = _STATUSES[decoded["status"]]
+    elif rule.metrics:
+        values["metrics"] = metrics
     event: Event = _new(model)
     _set_dict(event, values)
     _set_fields_set(event, _MODEL_FIELDS[model].intersection(decoded))
     _set_extra(event, None)
-    _set_private(event, private)
+    _set_private(event, {"_stored_text": stored_text} if rule.metrics else None)
     return event
 
 

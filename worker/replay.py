@@ -11,6 +11,12 @@ comes back as ``duplicate``.
 Bad entries are counted under their outcome (``invalid``, ``unsupported_version``)
 and not dead-lettered: the worker already did that when it first saw them.
 
+``--job JOB`` replays the entries of one job: those naming it by ``job_id``, and those
+naming it by a uuid (``server_uuid``, or ``client_uuid`` alone, as
+``StreamMetricsReporter`` publishes them) that the job document holds, resolved as the
+worker resolves them (:meth:`worker.store.MongoJobStore.resolve`). An entry whose uuid no
+job holds (yet), or a bad entry without a ``job_id``, belongs to no job and is skipped.
+
 An outage of MongoDB or Redis is waited out with the worker's exponential backoff
 for up to ``outage_timeout_s``; after that, :class:`ReplayInterrupted` says which
 ID to resume from (``--from``). Resuming is safe: nothing before that ID is
@@ -26,16 +32,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import redis
 import structlog
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
 from worker import requeues
-from worker.batch import plan_entry
+from worker.batch import Planned, plan_entry
 from worker.consumer import REDIS_OUTAGES, Backoff
-from worker.events import Limits
+from worker.events import Event, Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
@@ -45,6 +52,7 @@ from worker.store import (
     StoreUnavailable,
     outcome_of,
     outcomes_of,
+    raise_classified,
     takes_batches,
 )
 from worker.stream import Entry
@@ -164,6 +172,34 @@ def _job_of(fields: dict[Any, Any]) -> str | None:
     return raw if isinstance(raw, str) else None
 
 
+class JobResolver(Protocol):
+    """Finds the job an event names by uuid (as the worker's store does)."""
+
+    def resolve(self, event: Event) -> str | None:
+        """The ``_id`` of the event's job; ``None`` while no job holds its uuid."""
+        ...
+
+
+@dataclass(frozen=True)
+class OneJob:
+    """``--job``: the one job to replay, and how to tell the entries that name it."""
+
+    job_id: str
+    resolver: JobResolver
+
+    def names(self, item: Planned, fields: dict[Any, Any]) -> bool:
+        """The entry names this job: by ``job_id``, or by a uuid the job holds. Can
+        raise :class:`StoreUnavailable` (a uuid is looked up in MongoDB)."""
+        event = item.event
+        if event is None or event.job_id is not None:
+            return _job_of(fields) == self.job_id
+        try:
+            return self.resolver.resolve(event) == self.job_id
+        except PyMongoError as error:
+            raise_classified(error)
+            raise  # unreachable: raise_classified always raises
+
+
 class _Patience:
     """Retries one operation through outages, for at most ``timeout_s`` per outage."""
 
@@ -210,7 +246,7 @@ class _Replay:
     store: JobStore
     limits: Limits
     dry_run: bool
-    job_id: str | None
+    job: OneJob | None
     patience: _Patience
     report: ReplayReport = field(default_factory=ReplayReport)
 
@@ -219,10 +255,13 @@ class _Replay:
         guards), minus coalescing and dead letters."""
         planned = []
         for entry_id, fields in page:
-            if self.job_id is not None and _job_of(fields) != self.job_id:
-                self.report.skipped += 1
+            item = plan_entry(Entry(entry_id, fields), self.limits, records)
+            if self.job is None or self.patience.call(
+                partial(self.job.names, item, fields), page[0][0], self.report
+            ):
+                planned.append(item)
             else:
-                planned.append(plan_entry(Entry(entry_id, fields), self.limits, records))
+                self.report.skipped += 1
         to_apply = [item for item in planned if item.outcome is None]
         items = [
             (item.event, item.position)
@@ -261,7 +300,8 @@ class _Replay:
                 )
             if outcome is Outcome.APPLIED and item.event is not None:
                 event = item.event
-                self.report.applied_by_job[event.job_id or ":".join(event.identity)] += 1
+                job = self.job.job_id if self.job is not None else ":".join(event.identity)
+                self.report.applied_by_job[event.job_id or job] += 1
             self.report.read += 1
             self.report.last_id = item.entry.id
         self.report.read += len(page) - len(planned)  # the skipped ones
@@ -277,6 +317,7 @@ def run_replay(
     *,
     dry_run: bool = False,
     job_id: str | None = None,
+    resolver: JobResolver | None = None,
     progress: Callable[[int], None] | None = None,
     page_size: int = PAGE_SIZE,
     outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
@@ -285,14 +326,16 @@ def run_replay(
     """Replay ``[start, end]`` of ``settings.stream`` into ``store``; the full report.
 
     Pages of ``page_size`` entries, each page continuing after the last ID seen
-    (``(<id>`` is exclusive). Raises :class:`InvalidBound` for a bad bound and
+    (``(<id>`` is exclusive). ``job_id`` replays one job; ``resolver`` finds the job of
+    an entry named by uuid (default: ``store``, which must then be a
+    :class:`MongoJobStore`). Raises :class:`InvalidBound` for a bad bound and
     :class:`ReplayInterrupted` when an outage outlasts ``outage_timeout_s``.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, got {page_size}")
     start, end = parse_bound(start), parse_bound(end)
     patience = _Patience(settings, outage_timeout_s, sleep)
-    run = _Replay(store, settings.limits, dry_run, job_id, patience)
+    run = _Replay(store, settings.limits, dry_run, _one_job(store, job_id, resolver), patience)
     cursor = start
     while True:
         last = run.report.last_id
@@ -315,6 +358,16 @@ def run_replay(
         if len(raw) < page_size:
             return run.report
         cursor = "(" + _text(raw[-1][0])
+
+
+def _one_job(store: JobStore, job_id: str | None, resolver: JobResolver | None) -> OneJob | None:
+    if job_id is None:
+        return None
+    if resolver is None:
+        if not isinstance(store, MongoJobStore):
+            raise ValueError("replaying one job needs a resolver of uuids, or a MongoJobStore")
+        resolver = store
+    return OneJob(job_id, resolver)
 
 
 def replay(

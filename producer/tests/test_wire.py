@@ -123,6 +123,9 @@ INVALID = [
     ),
     (entry(job_id=JOB), "missing field 'type'", "invalid"),
     ({"v": "2", "type": "job.status"}, "newer than", "unsupported_version"),
+    ({"v": "9" * 19, "type": "job.status"}, "newer than", "unsupported_version"),
+    ({"v": "3" * 5000, "type": "job.status"}, "newer than", "unsupported_version"),
+    ({"v": "01", "type": "job.status"}, "must be '1'", "invalid"),
     ({"v": "0", "type": "job.status"}, "must be '1'", "invalid"),
     ({"v": "\u00b2", "type": "job.status"}, "must be '1'", "invalid"),  # a digit, not ASCII
     (

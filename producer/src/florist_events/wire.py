@@ -19,9 +19,11 @@ An event is one Redis stream entry of flat text fields:
 ``origin_id``       set only when a dead letter is requeued: the entry ID it had first
 ==================  ==========================================================================
 
-Unknown extra fields are ignored. :func:`check_entry` applies to a field map every check
-the worker applies before it dead-letters an entry as ``invalid`` or
-``unsupported_version``; the worker's test suite proves the two agree. The builders
+Unknown extra fields are ignored. What each kind of entry must hold is stated once, in
+:data:`RULES` (with :func:`rule_of`, :func:`broken_rule` and :func:`is_newer_version`):
+:func:`check_entry` checks a field map from it here, and the worker's fast path from the
+same table, so the two cannot drift; the worker's test suite proves they agree with its
+models, which word the worker's errors. The builders
 (:func:`server_metrics_fields` and friends) turn Python values into such a field map and
 refuse, with :class:`InvalidEvent`, anything the worker would refuse.
 """
@@ -61,16 +63,21 @@ __all__ = [
     "HOST_TYPES",
     "JOB_STATUS",
     "JOB_STATUSES",
+    "RULES",
     "SCHEMA_VERSION",
     "SERVER_METRICS",
     "STREAM_ENV",
+    "EntryRule",
     "InvalidEvent",
     "Limits",
     "LimitsLike",
+    "broken_rule",
     "check_entry",
     "client_metrics_fields",
     "entry_size",
     "heartbeat_fields",
+    "is_newer_version",
+    "rule_of",
     "server_metrics_fields",
     "status_fields",
     "stream_from_env",
@@ -111,7 +118,7 @@ DEFAULT_MAXLEN: Final = 1_000_000
 DEFAULT_MAX_ENTRY_BYTES: Final = 1024 * 1024  # all field names and values, UTF-8 bytes
 DEFAULT_MAX_METRICS_DEPTH: Final = 32
 
-_VERSION_PATTERN: Final = re.compile(r"[0-9]{1,18}")  # ASCII digits (isdigit() takes "²")
+_VERSION_PATTERN: Final = re.compile(r"[0-9]+")  # ASCII digits (isdigit() takes "²")
 _ID_PATTERN: Final = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
 _MAX_ID_PART: Final = 2**64 - 1
 
@@ -166,6 +173,96 @@ def entry_size(fields: Mapping[str, str]) -> int:
     return sum(len(key.encode()) + len(value.encode()) for key, value in fields.items())
 
 
+# --- the rules of an entry, stated once ----------------------------------------------------
+
+
+def is_newer_version(version: Any) -> bool:
+    """``version`` is a schema version after this one: ASCII digits, of any length.
+
+    An entry with such a ``v`` is ``unsupported_version`` (kept, to requeue after an
+    upgrade); any other ``v`` but ``"1"`` is ``invalid``. Compared as digits, not with
+    ``int()``, which refuses more than 4,300 of them.
+    """
+    if not isinstance(version, str) or _VERSION_PATTERN.fullmatch(version) is None:
+        return False
+    digits, current = version.lstrip("0"), str(SCHEMA_VERSION)
+    return (len(digits), digits) > (len(current), current)
+
+
+@dataclass(frozen=True)
+class EntryRule:
+    """What an entry of one kind must hold besides a known ``v`` and ``type``.
+
+    Beyond these, every entry's ``metrics`` (when ``metrics``) is the JSON text of an
+    object within the depth limit, an ``origin_id`` is a stream entry ID, and the whole
+    entry is within the size limit.
+    """
+
+    kind: str  # how a message names the kind of entry
+    required: tuple[str, ...] = ()  # fields that must be present
+    not_empty: tuple[str, ...] = ()  # fields that, when present, must not be empty
+    one_of: tuple[str, ...] = ()  # at least one of these must be present
+    choices: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (a field, its allowed values)
+    metrics: bool = False  # `metrics` holds a snapshot
+
+
+_BY_JOB_OR_SERVER: Final = (FIELD_JOB_ID, FIELD_SERVER_UUID)
+_BY_CLIENT: Final = (FIELD_JOB_ID, FIELD_CLIENT_UUID)
+
+# The rules of each event type; a heartbeat's depend on its `host_type` too.
+RULES: Final[Mapping[tuple[str, str | None], EntryRule]] = {
+    (SERVER_METRICS, None): EntryRule(
+        SERVER_METRICS,
+        required=(FIELD_METRICS,),
+        not_empty=_BY_JOB_OR_SERVER,
+        one_of=_BY_JOB_OR_SERVER,
+        metrics=True,
+    ),
+    (CLIENT_METRICS, None): EntryRule(
+        CLIENT_METRICS,
+        required=(FIELD_CLIENT_UUID, FIELD_METRICS),
+        not_empty=_BY_CLIENT,
+        metrics=True,
+    ),
+    (JOB_STATUS, None): EntryRule(
+        JOB_STATUS,
+        required=(FIELD_STATUS,),
+        not_empty=_BY_JOB_OR_SERVER,
+        one_of=_BY_JOB_OR_SERVER,
+        choices=((FIELD_STATUS, JOB_STATUSES),),
+    ),
+    (HOST_HEARTBEAT, "server"): EntryRule(
+        "a server's host.heartbeat", not_empty=_BY_JOB_OR_SERVER, one_of=_BY_JOB_OR_SERVER
+    ),
+    (HOST_HEARTBEAT, "client"): EntryRule(
+        "a client's host.heartbeat", required=(FIELD_CLIENT_UUID,), not_empty=_BY_CLIENT
+    ),
+}
+
+
+def rule_of(event_type: str, host_type: str | None) -> EntryRule | None:
+    """The rules of an entry of ``event_type`` (a known type); ``None`` for a heartbeat
+    whose ``host_type`` is missing or not one of :data:`HOST_TYPES`."""
+    return RULES.get((event_type, host_type if event_type == HOST_HEARTBEAT else None))
+
+
+def broken_rule(rule: EntryRule, fields: Mapping[str, str]) -> str | None:
+    """What the first rule of ``rule`` that ``fields`` breaks says; ``None`` if none is."""
+    for name in rule.not_empty:
+        if fields.get(name) == "":
+            return f"field {name!r} must not be empty"
+    if rule.one_of and fields.keys().isdisjoint(rule.one_of):
+        named = " or ".join(repr(name) for name in rule.one_of)
+        return f"missing field {named} (one is required for {rule.kind})"
+    for name in rule.required:
+        if name not in fields:
+            return f"missing field {name!r} (required for {rule.kind})"
+    for name, allowed in rule.choices:
+        if fields[name] not in allowed:
+            return f"unknown {name} {fields[name]!r} (expected one of {', '.join(allowed)})"
+    return None
+
+
 # --- checking a field map (what the worker receives) -------------------------------------
 
 
@@ -197,7 +294,7 @@ def _check_version(fields: Mapping[str, str]) -> None:
     version = fields[FIELD_VERSION]
     if version == str(SCHEMA_VERSION):
         return
-    if _VERSION_PATTERN.fullmatch(version) and int(version) > SCHEMA_VERSION:
+    if is_newer_version(version):
         raise InvalidEvent(
             f"schema version {version} is newer than this producer knows ({SCHEMA_VERSION})",
             outcome="unsupported_version",
@@ -214,36 +311,6 @@ def _check_type(fields: Mapping[str, str]) -> str:
             f"unknown type {event_type!r} (expected one of {', '.join(EVENT_TYPES)})"
         )
     return event_type
-
-
-def _check_present_not_empty(fields: Mapping[str, str], name: str) -> bool:
-    if name not in fields:
-        return False
-    if not fields[name]:
-        raise InvalidEvent(f"field {name!r} must not be empty")
-    return True
-
-
-def _check_identity(fields: Mapping[str, str], event_type: str) -> None:
-    if event_type == HOST_HEARTBEAT:
-        if FIELD_HOST_TYPE not in fields:
-            raise InvalidEvent(f"missing field 'host_type' (required for {event_type})")
-        host_type = fields[FIELD_HOST_TYPE]
-        if host_type not in HOST_TYPES:
-            raise InvalidEvent(f"field 'host_type' must be 'server' or 'client', got {host_type!r}")
-        event_type = CLIENT_METRICS if host_type == "client" else SERVER_METRICS
-        _check_identity(fields, event_type)
-        return
-    has_job = _check_present_not_empty(fields, FIELD_JOB_ID)
-    if event_type == CLIENT_METRICS:
-        if not _check_present_not_empty(fields, FIELD_CLIENT_UUID):
-            raise InvalidEvent(f"missing field 'client_uuid' (required for {event_type})")
-        return
-    has_server = _check_present_not_empty(fields, FIELD_SERVER_UUID)
-    if not (has_job or has_server):
-        raise InvalidEvent(
-            f"missing field 'job_id' or 'server_uuid' (one is required for {event_type})"
-        )
 
 
 def _json_kind(value: Any) -> str:
@@ -291,18 +358,18 @@ def check_entry(fields: Mapping[Any, Any], limits: LimitsLike | None = None) -> 
         raise InvalidEvent(f"entry is {size} bytes, over the limit of {limits.max_entry_bytes}")
     _check_version(decoded)
     event_type = _check_type(decoded)
-    _check_identity(decoded, event_type)
-    if event_type in (SERVER_METRICS, CLIENT_METRICS):
-        if FIELD_METRICS not in decoded:
-            raise InvalidEvent(f"missing field 'metrics' (required for {event_type})")
+    rule = rule_of(event_type, decoded.get(FIELD_HOST_TYPE))
+    if rule is None:  # a heartbeat that does not say whose
+        if FIELD_HOST_TYPE not in decoded:
+            raise InvalidEvent(f"missing field 'host_type' (required for {event_type})")
+        raise InvalidEvent(
+            f"field 'host_type' must be 'server' or 'client', got {decoded[FIELD_HOST_TYPE]!r}"
+        )
+    problem = broken_rule(rule, decoded)
+    if problem is not None:
+        raise InvalidEvent(problem)
+    if rule.metrics:
         _check_metrics_text(decoded[FIELD_METRICS], limits.max_metrics_depth)
-    elif event_type == JOB_STATUS:
-        if FIELD_STATUS not in decoded:
-            raise InvalidEvent(f"missing field 'status' (required for {event_type})")
-        status = decoded[FIELD_STATUS]
-        if status not in JOB_STATUSES:
-            expected = ", ".join(JOB_STATUSES)
-            raise InvalidEvent(f"unknown status {status!r} (expected one of {expected})")
     if FIELD_ORIGIN_ID in decoded:
         _check_origin_id(decoded[FIELD_ORIGIN_ID])
     return decoded
