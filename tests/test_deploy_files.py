@@ -210,7 +210,7 @@ def test_the_lock_pins_every_requirement_within_its_range_with_hashes() -> None:
     is pinned to a version inside its range, and every pin has a sha256 hash."""
     pins = lock_pins()
     assert pins
-    for name, (version, hashes) in pins.items():
+    for name, (_version, hashes) in pins.items():
         assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
     requirements = load_lock_inputs().requirements()
     assert LOCK_INPUTS.read_text().splitlines()[1:] == requirements  # the lock's input is current
