@@ -15,7 +15,8 @@ conf=${REDIS_CONF:-/run/redis/redis.conf}
 entrypoint=${REDIS_ENTRYPOINT:-docker-entrypoint.sh}
 
 for variable in REDIS_WORKER_PASSWORD REDIS_PRODUCER_PASSWORD REDIS_API_PASSWORD; do
-    if [ -z "$(printenv "$variable" || true)" ]; then
+    eval "value=\${$variable:-}"
+    if [ -z "$value" ]; then
         echo "redis-start: $variable is empty: set it (openssl rand -hex 32)" >&2
         exit 1
     fi
