@@ -7,9 +7,9 @@
 #      machine's loopback (--network=host): it creates its consumer group and dead-letters
 #      an invalid entry;
 #   4. `healthcheck` in that container exits 0;
-#   5. `docker stop` ends it with exit status 0 within the grace period.
+#   5. `"$docker" stop` ends it with exit status 0 within the grace period.
 #
-#   deploy/test-container.sh [--debian-base] [--keep-image]
+#   deploy/test-container.sh [--debian-base] [--keep-image]    (DOCKER=... names the docker command)
 #
 # --debian-base first builds the Dockerfile's base image from Debian packages
 # (deploy/debian-base.sh), for a machine that reaches Debian's archive and PyPI but no
@@ -19,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 image=florist-worker:test
+docker=${DOCKER:-docker} # the command line of the engine
 grace_s=30
 debian_base=false
 keep_image=false
@@ -39,12 +40,12 @@ fail() {
     exit 1
 }
 
-if ! command -v docker >/dev/null 2>&1; then
-    say "no docker command: install a Docker engine (Debian: apt-get install -y docker.io)"
+if ! command -v "$docker" >/dev/null 2>&1; then
+    say "no $docker command: install a Docker engine (Debian: apt-get install -y docker.io)"
     exit 1
 fi
-if ! docker info >/dev/null 2>&1; then
-    say "the docker command finds no running engine: start one (e.g. 'systemctl start docker'," \
+if ! "$docker" info >/dev/null 2>&1; then
+    say "'$docker info' finds no running engine: start one (e.g. 'systemctl start docker'," \
         "or 'dockerd --iptables=false --bridge=none &' where containers need no bridge)"
     exit 1
 fi
@@ -61,32 +62,32 @@ container=""
 redis_pid=""
 workdir=$(mktemp -d)
 cleanup() {
-    if [ -n "$container" ]; then docker rm -f "$container" >/dev/null 2>&1 || true; fi
+    if [ -n "$container" ]; then "$docker" rm -f "$container" >/dev/null 2>&1 || true; fi
     if [ -n "$redis_pid" ]; then kill "$redis_pid" 2>/dev/null || true; fi
     rm -rf "$workdir"
-    if ! $keep_image; then docker rmi "$image" >/dev/null 2>&1 || true; fi
+    if ! $keep_image; then "$docker" rmi "$image" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
 say "building $image"
 started=$(date +%s)
-if ! docker build --network=host -t "$image" . >"$workdir/build.log" 2>&1; then
+if ! "$docker" build --network=host -t "$image" . >"$workdir/build.log" 2>&1; then
     tail -20 "$workdir/build.log" >&2
     if grep -qiE "pull access denied|failed to resolve|dial tcp|no such host|TLS handshake" \
         "$workdir/build.log"; then
         say "the base image could not be pulled: without a registry, run with --debian-base"
     fi
-    fail "docker build"
+    fail ""$docker" build"
 fi
 build_s=$(($(date +%s) - started))
-size_mb=$(($(docker image inspect -f '{{.Size}}' "$image") / 1000000))
+size_mb=$(($("$docker" image inspect -f '{{.Size}}' "$image") / 1000000))
 say "built in ${build_s} s, image size ${size_mb} MB"
 
 say "1. --help"
-docker run --rm "$image" --help | grep -q "healthcheck" || fail "--help"
+"$docker" run --rm "$image" --help | grep -q "healthcheck" || fail "--help"
 
 say "2. demo --fast with --network=none"
-docker run --rm --network=none "$image" demo --fast >"$workdir/demo.log" 2>&1 ||
+"$docker" run --rm --network=none "$image" demo --fast >"$workdir/demo.log" 2>&1 ||
     { tail -20 "$workdir/demo.log" >&2; fail "demo --fast without a network"; }
 grep -q "FINISHED_SUCCESSFULLY" "$workdir/demo.log" || fail "the demo job did not finish"
 
@@ -99,10 +100,10 @@ cli() { redis-cli -p "$port" "$@"; }
 for _ in $(seq 50); do cli ping >/dev/null 2>&1 && break; sleep 0.1; done
 cli ping >/dev/null || fail "the private redis-server did not start"
 
-container=$(docker run -d --network=host --stop-timeout "$grace_s" \
+container=$("$docker" run -d --network=host --stop-timeout "$grace_s" \
     -e FLORIST_REDIS_URL="redis://127.0.0.1:$port/0" -e FLORIST_MONGODB_URI=memory:// \
     -e FLORIST_HEARTBEAT_INTERVAL_S=1 "$image" run)
-uid=$(docker exec "$container" id -u)
+uid=$("$docker" exec "$container" id -u)
 [ "$uid" = 10001 ] || fail "the worker runs as uid $uid, not 10001"
 
 wait_for() { # seconds, description, command...
@@ -112,7 +113,7 @@ wait_for() { # seconds, description, command...
         if "$@" >/dev/null 2>&1; then return 0; fi
         sleep 0.2
     done
-    docker logs "$container" 2>&1 | tail -20 >&2
+    "$docker" logs "$container" 2>&1 | tail -20 >&2
     fail "$what (waited ${seconds} s)"
 }
 group_exists() { cli xinfo groups florist:events | grep -q florist-worker; }
@@ -122,15 +123,15 @@ dead_lettered() { [ "$(cli xlen florist:events:dead)" = 1 ]; }
 wait_for 30 "the worker dead-lettered an invalid entry" dead_lettered
 
 say "4. healthcheck"
-wait_for 30 "healthcheck exits 0" docker exec "$container" florist-worker healthcheck
+wait_for 30 "healthcheck exits 0" "$docker" exec "$container" florist-worker healthcheck
 
-say "5. docker stop within ${grace_s} s"
+say "5. "$docker" stop within ${grace_s} s"
 started=$(date +%s%N)
-docker stop "$container" >/dev/null
+"$docker" stop "$container" >/dev/null
 stop_ms=$((($(date +%s%N) - started) / 1000000))
-code=$(docker inspect -f '{{.State.ExitCode}}' "$container")
-[ "$code" = 0 ] || fail "docker stop: exit status $code"
-[ "$stop_ms" -lt $((grace_s * 1000)) ] || fail "docker stop took ${stop_ms} ms"
+code=$("$docker" inspect -f '{{.State.ExitCode}}' "$container")
+[ "$code" = 0 ] || fail ""$docker" stop: exit status $code"
+[ "$stop_ms" -lt $((grace_s * 1000)) ] || fail ""$docker" stop took ${stop_ms} ms"
 say "stopped in ${stop_ms} ms, exit status 0"
 
 say "all checks passed (build ${build_s} s, image ${size_mb} MB, stop ${stop_ms} ms)"

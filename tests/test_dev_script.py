@@ -93,3 +93,31 @@ def test_a_matching_venv_goes_on_to_the_command(tmp_path: Path) -> None:
     completed = run_dev(tmp_path, "lint")
     assert "rm -rf .venv" not in completed.stderr
     assert "dev: installing florist-worker" in completed.stderr
+
+
+def run_container_check(tmp_path: Path, docker: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(ROOT / "deploy" / "test-container.sh")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "DOCKER": docker},
+        check=False,
+    )
+
+
+def test_the_container_check_names_a_missing_docker_command(tmp_path: Path) -> None:
+    completed = run_container_check(tmp_path, "no-such-docker")
+    assert completed.returncode == 1
+    assert "no no-such-docker command: install a Docker engine" in completed.stderr
+
+
+def test_the_container_check_says_when_no_engine_runs(tmp_path: Path) -> None:
+    """A docker client whose `docker info` fails, as when no daemon is listening."""
+    client = tmp_path / "docker"
+    client.write_text('#!/bin/sh\necho "Cannot connect to the Docker daemon" >&2\nexit 1\n')
+    client.chmod(0o755)
+    completed = run_container_check(tmp_path, str(client))
+    assert completed.returncode == 1
+    assert "finds no running engine: start one" in completed.stderr
+    assert "dockerd" in completed.stderr
