@@ -5,9 +5,10 @@
 #      the in-memory MongoDB inside the container);
 #   3. `run` as the image's non-root user (uid 10001) against a redis-server on this
 #      machine's loopback (--network=host): it creates its consumer group and dead-letters
-#      an invalid entry;
+#      an invalid entry, and `stats` and `dlq list` work through docker exec (as through
+#      `docker compose exec`);
 #   4. `healthcheck` in that container exits 0;
-#   5. `"$docker" stop` ends it with exit status 0 within the grace period.
+#   5. `docker stop` ends it with exit status 0 within the grace period.
 #
 #   deploy/test-container.sh [--debian-base] [--keep-image]    (DOCKER=... names the docker command)
 #
@@ -121,6 +122,14 @@ wait_for 60 "the worker created its consumer group" group_exists
 cli xadd florist:events '*' v 1 type no.such.type job_id none >/dev/null
 dead_lettered() { [ "$(cli xlen florist:events:dead)" = 1 ]; }
 wait_for 30 "the worker dead-lettered an invalid entry" dead_lettered
+
+say "   stats and dlq list through docker exec, as with docker compose exec"
+"$docker" exec "$container" florist-worker stats >"$workdir/stats.txt" 2>&1 ||
+    { cat "$workdir/stats.txt" >&2; fail "florist-worker stats in the container"; }
+grep -q florist-worker "$workdir/stats.txt" || fail "stats does not show the consumer group"
+"$docker" exec "$container" florist-worker dlq list >"$workdir/dlq.txt" 2>&1 ||
+    { cat "$workdir/dlq.txt" >&2; fail "florist-worker dlq list in the container"; }
+grep -q invalid "$workdir/dlq.txt" || fail "dlq list does not show the dead letter"
 
 say "4. healthcheck"
 wait_for 30 "healthcheck exits 0" "$docker" exec "$container" florist-worker healthcheck
