@@ -7,7 +7,7 @@
 #
 # Two stages: the builder installs the package (with the `memory` extra, so
 # FLORIST_MONGODB_URI=memory:// works) into a virtual environment; the final
-# stage copies only that environment.  No compiler or build tool is installed in
+# stage copies only that environment.  No compiler is installed in
 # either stage: every dependency ships wheels for linux/amd64 and linux/arm64.
 #
 # Reproducible: every third-party distribution comes from deploy/requirements.lock,
