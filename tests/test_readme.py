@@ -15,7 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -390,26 +392,33 @@ def test_the_two_terminals_apply_the_run_without_mongodb(
     command = code_block(README, "Try it end to end: two terminals", "sh", index=0)
     worker_line = next(line for line in command.splitlines() if "florist-worker run" in line)
     arguments = shlex.split(worker_line)[1:]  # after .venv/bin/florist-worker
-    worker = subprocess.Popen(
-        [executable, *arguments],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "worker.log"
+    with log.open("w") as stderr:
+        worker = subprocess.Popen(
+            [executable, *arguments], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )  # fmt: skip
     server_uuid = json.loads(SAMPLE_JOB.read_text())["server_uuid"]
-    try:
-        completed = run_script(terminal_two(port), tmp_path, environment)
-        assert completed.returncode == 0, completed.stderr
+
+    def groups_once(ready: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        """The stream's groups, once ``ready`` says so (within 30 s, the worker alive)."""
         deadline = time.monotonic() + 30
         while True:
-            groups = real_redis.xinfo_groups(f"{names}:events")
-            if groups and groups[0]["pending"] == 0 and groups[0]["lag"] == 0:
-                break
-            assert worker.poll() is None, worker.communicate()[1]
-            assert time.monotonic() < deadline, f"not applied: {groups}"
+            groups = (
+                real_redis.xinfo_groups(names_events) if real_redis.exists(names_events) else []
+            )
+            if ready(groups):
+                return groups
+            assert worker.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"{groups}\n{log.read_text()}"
             time.sleep(0.1)
+
+    names_events = f"{names}:events"
+    try:
+        groups_once(bool)  # the user waits for terminal 1's worker to start
+        completed = run_script(terminal_two(port), tmp_path, environment)
+        assert completed.returncode == 0, completed.stderr
+        groups = groups_once(lambda found: found[0]["pending"] == 0 and found[0]["lag"] == 0)
         assert groups[0]["entries-read"] == 5
         assert real_redis.exists(f"{names}:dead") == 0
     finally:
