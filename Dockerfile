@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # florist-worker image: applies FLorist training events from a Redis stream to
 # Job documents in MongoDB.  See deploy/README.md.
 #
@@ -9,8 +7,12 @@
 #
 # Two stages: the builder installs the package (with the `memory` extra, so
 # FLORIST_MONGODB_URI=memory:// works) into a virtual environment; the final
-# stage copies only that environment.  No compiler or build tool is installed in
+# stage copies only that environment.  No compiler is installed in
 # either stage: every dependency ships wheels for linux/amd64 and linux/arm64.
+#
+# Reproducible: every third-party distribution comes from deploy/requirements.lock,
+# exact versions with their hashes (`./dev lock` refreshes it from the ranges in the
+# pyproject.toml files); the two local distributions are built from this tree.
 
 FROM python:3.11.11-slim-bookworm AS builder
 
@@ -21,6 +23,11 @@ RUN python -m venv /opt/venv
 ENV PATH="/opt/venv/bin:${PATH}"
 
 WORKDIR /src
+# Every pinned dependency first (its own layer, rebuilt only when the lock changes).
+# --require-hashes: a file whose hash is not in the lock is refused.
+COPY deploy/requirements.lock ./
+RUN pip install --require-hashes --no-deps -r requirements.lock
+
 # Only what the build needs (see .dockerignore); README.md is the package's
 # `readme` in pyproject.toml, so the build fails without it.  producer/ is the
 # florist-events distribution the worker depends on; it is not on PyPI.
@@ -28,14 +35,17 @@ COPY pyproject.toml README.md ./
 COPY producer/ ./producer/
 COPY worker/ ./worker/
 
-# Build wheels of the two local distributions (florist-events and the worker),
-# then install those wheel files, the worker with the `memory` extra (files, not
-# names, so nothing from PyPI can stand in for them; their dependencies are
-# bounded in the pyproject.toml files).  pip byte-compiles while installing, so
-# the unprivileged user never needs to write __pycache__.  `--help` imports
-# every sub-command: a broken install fails the build here.
-RUN pip wheel --no-deps --wheel-dir /dist ./producer . \
-    && pip install "$(ls /dist/florist_events-*.whl)" "$(ls /dist/florist_worker-*.whl)[memory]" \
+# Build wheels of the two local distributions (florist-events and the worker) with
+# the locked setuptools, install those files with nothing from an index (--no-index),
+# and check that every requirement, the `memory` extra's included, is met by the
+# locked versions.  pip byte-compiles while installing, so the unprivileged user never
+# needs to write __pycache__.  `--help` imports every sub-command: a broken install
+# fails the build here.
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /dist ./producer . \
+    && pip install --no-deps --no-index /dist/florist_events-*.whl /dist/florist_worker-*.whl \
+    && pip uninstall --yes setuptools \
+    && python -c 'import mongomock_ng, fakeredis' \
+    && pip check \
     && florist-worker --help >/dev/null
 
 

@@ -7,7 +7,9 @@ store, on a private redis-server and the in-memory MongoDB behind a modelled net
     python bench/run.py --profile A-steady   # one run under pyinstrument, nothing else
 
 Results: a markdown table on stdout and in bench/results/latest.md, the same as JSON
-in bench/results/latest.json (with the machine and the exact command).
+in bench/results/latest.json (with the machine and the exact command). A --quick run
+writes to bench/results/quick/ instead (not versioned), so that it never replaces the
+figures of a full run.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ from bench.workloads import Workload, backlog, steady  # noqa: E402
 from worker.logs import configure_logging  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
+QUICK_RESULTS = RESULTS / "quick"  # git-ignored: a smoke run's figures are not kept
 SECTIONS = ("throughput", "replay", "latency", "memory", "scaling")
 
 
@@ -498,8 +501,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="modelled MongoDB round trip in ms (repeatable; default 0, 0.5 and 2; "
         "with --profile, the first one)",
     )
-    parser.add_argument("--results", type=Path, default=RESULTS, help="output directory")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help=f"output directory (default {RESULTS.relative_to(REPO)}, "
+        f"with --quick {QUICK_RESULTS.relative_to(REPO)})",
+    )
     args = parser.parse_args(argv)
+    if args.results is None:
+        args.results = QUICK_RESULTS if args.quick else RESULTS
     if args.runs is not None and args.runs < 3:
         parser.error("--runs must be at least 3 (the figures are medians)")
     chosen = re.findall(r"A1|[^,\s]", args.systems.upper())  # "A,A1,B" or "ABD"

@@ -341,3 +341,12 @@ def test_a_miss_says_what_bounds_it() -> None:
     disagreeing = row("A", 2000, 100, 50) | {"proxy_round_trips_per_1000_events": 120.0}
     assert "the proxy counted 120.0" in report.disagreement(disagreeing)
     assert report.disagreement(row("A", 2000, 100, 50)) == ""
+
+
+def test_a_quick_run_writes_apart_from_the_committed_figures() -> None:
+    """`./dev bench --quick` must not replace bench/results/latest.* of a full run."""
+    assert run.parse_args(["--quick"]).results == run.RESULTS / "quick"
+    assert run.parse_args([]).results == run.RESULTS
+    assert run.parse_args(["--quick", "--results", "elsewhere"]).results == Path("elsewhere")
+    ignored = (run.RESULTS / ".gitignore").read_text().split()
+    assert "quick/" in ignored

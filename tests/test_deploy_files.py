@@ -1,10 +1,12 @@
-"""The deployment files: Dockerfile, .dockerignore, compose.yaml and deploy/.
+"""The deployment files: Dockerfile, .dockerignore, the lock file, compose.yaml and deploy/.
 
 No Docker engine is needed: the Dockerfile is linted with hadolint and read for
 its structure, compose.yaml is validated against the compose specification and
 read for its structure, and the example Redis ACL is loaded into a private
-redis-server and exercised user by user.  Each linter is also run on a
-deliberately bad file, so that a linter which silently checks nothing fails here.
+redis-server and exercised user by user, also through the script that starts
+compose's Redis.  Each linter is also run on a deliberately bad file, so that a
+linter which silently checks nothing fails here.  `./dev test-container` builds
+and runs the image with a real engine.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -27,6 +30,7 @@ from typing import Any
 import mongomock_ng
 import pytest
 import redis
+from packaging.requirements import Requirement
 from ruamel.yaml import YAML
 
 from tests.redis_server import RedisServer, free_port
@@ -38,6 +42,11 @@ COMPOSE = ROOT / "compose.yaml"
 ACL = ROOT / "deploy" / "redis-acl.conf"
 EMITTER = ROOT / "deploy" / "emitter.py"
 DEPLOY_README = ROOT / "deploy" / "README.md"
+LOCK = ROOT / "deploy" / "requirements.lock"
+LOCK_INPUTS = ROOT / "deploy" / "requirements.in"
+REDIS_START = ROOT / "deploy" / "redis-start.sh"
+MONGODB_INIT = ROOT / "deploy" / "mongodb-init.js"
+EXAMPLE_ENV = ROOT / "deploy" / "example.env"
 
 EMITTER_IN_IMAGE = "/opt/florist-worker/emitter.py"
 PLACEHOLDER_PASSWORD = "CHANGE_ME"
@@ -155,11 +164,72 @@ def test_final_stage_copies_only_the_venv_from_the_builder(dockerfile: Any) -> N
             )
 
 
-def test_builder_installs_the_package_with_the_memory_extra(dockerfile: Any) -> None:
-    runs = " ".join(args for keyword, args in dockerfile[0] if keyword == "RUN")
-    assert "pip install" in runs
-    assert "[memory]" in runs
-    assert "/opt/venv" in " ".join(args for _, args in dockerfile[0])
+def test_builder_installs_every_dependency_from_the_lock_with_hashes(dockerfile: Any) -> None:
+    builder = dockerfile[0]
+    assert ("COPY", "deploy/requirements.lock ./") in builder
+    runs = [args for keyword, args in builder if keyword == "RUN"]
+    assert "pip install --require-hashes --no-deps -r requirements.lock" in runs
+    # The local wheels come with nothing from an index, and the result is checked.
+    local = next(args for args in runs if "pip wheel" in args)
+    assert "pip install --no-deps --no-index" in local
+    assert "pip check" in local
+    assert "import mongomock_ng, fakeredis" in local  # the memory extra, from the lock
+    assert "/opt/venv" in " ".join(args for _, args in builder)
+
+
+def test_the_dockerfile_has_no_syntax_directive() -> None:
+    # A `# syntax=` line makes BuildKit pull a frontend image from a registry.
+    assert not re.search(r"^#\s*syntax\s*=", DOCKERFILE.read_text(), re.MULTILINE | re.IGNORECASE)
+
+
+def lock_pins() -> dict[str, tuple[str, list[str]]]:
+    """``{name: (version, hashes)}`` of deploy/requirements.lock."""
+    pins: dict[str, tuple[str, list[str]]] = {}
+    name = ""
+    for line in LOCK.read_text().splitlines():
+        pinned = re.match(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)", line)
+        if pinned:
+            name = pinned.group(1).lower().replace("_", "-")
+            pins[name] = (pinned.group(2), [])
+        elif line.strip().startswith("--hash=sha256:"):
+            pins[name][1].append(line.strip().removeprefix("--hash=sha256:").rstrip(" \\"))
+    return pins
+
+
+def load_lock_inputs() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lock_inputs", ROOT / "deploy" / "lock_inputs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_lock_pins_every_requirement_within_its_range_with_hashes() -> None:
+    """`./dev lock` was run after the last change of a range: each requirement of the
+    pyproject.toml files (runtime, the memory extra, the producer's, the build backend)
+    is pinned to a version inside its range, and every pin has a sha256 hash."""
+    pins = lock_pins()
+    assert pins
+    for name, (_version, hashes) in pins.items():
+        assert hashes and all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), name
+    requirements = load_lock_inputs().requirements()
+    assert LOCK_INPUTS.read_text().splitlines()[1:] == requirements  # the lock's input is current
+    for line in requirements:
+        requirement = Requirement(line)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"{name} is not in deploy/requirements.lock: run ./dev lock"
+        assert requirement.specifier.contains(pins[name][0]), (
+            f"{name}=={pins[name][0]} is outside {requirement.specifier}: run ./dev lock"
+        )
+    assert "florist-events" not in pins  # built from producer/, never from an index
+
+
+def test_each_runtime_dependency_has_an_upper_bound() -> None:
+    """A rebuild never takes a major version the tests never ran with."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for line in project["dependencies"] + project["optional-dependencies"]["memory"]:
+        operators = {spec.operator for spec in Requirement(line).specifier}
+        assert operators & {"<", "<=", "==", "~="}, f"{line} has no upper bound"
 
 
 def test_builder_installs_the_producer_distribution_from_the_context(dockerfile: Any) -> None:
@@ -168,8 +238,10 @@ def test_builder_installs_the_producer_distribution_from_the_context(dockerfile:
     builder = dockerfile[0]
     assert ("COPY", "producer/ ./producer/") in builder
     runs = " ".join(args for keyword, args in builder if keyword == "RUN")
-    assert re.search(r"pip wheel --no-deps --wheel-dir /dist \./producer \.", runs), runs
-    assert '"$(ls /dist/florist_events-*.whl)"' in runs
+    assert re.search(
+        r"pip wheel --no-deps --no-build-isolation --wheel-dir /dist \./producer \.", runs
+    )
+    assert "/dist/florist_events-*.whl" in runs
     assert runs.index("florist_events-") < runs.index("florist_worker-")
 
 
@@ -342,8 +414,15 @@ def test_two_worker_replicas_share_one_consumer_group(compose: dict[str, Any]) -
     # the container id): one group, distinct consumers.
     assert "FLORIST_CONSUMER" not in environment
     assert environment.get("FLORIST_GROUP", "florist-worker") == "florist-worker"
-    assert environment["FLORIST_REDIS_URL"] == "redis://redis:6379/0"
-    assert environment["FLORIST_MONGODB_URI"] == "mongodb://mongodb:27017"
+    assert re.fullmatch(
+        r"redis://florist-worker:\$\{REDIS_WORKER_PASSWORD:\?[^}]+\}@redis:6379/0",
+        environment["FLORIST_REDIS_URL"],
+    )
+    assert re.fullmatch(
+        r"mongodb://florist-worker:\$\{MONGODB_WORKER_PASSWORD:\?[^}]+\}@mongodb:27017/"
+        r"\?authSource=florist-server",
+        environment["FLORIST_MONGODB_URI"],
+    )
     # Fixed names or host ports would clash between replicas.
     assert "container_name" not in worker
     assert "ports" not in worker
@@ -404,7 +483,10 @@ def test_emitter_runs_only_in_the_demo_profile_from_the_worker_image(
     assert emitter["build"] == services["worker"]["build"]
     assert EMITTER_IN_IMAGE in command_words(emitter["entrypoint"])
     assert "FLORIST_CONSUMER" not in environment_of(emitter)
-    assert environment_of(emitter)["FLORIST_REDIS_URL"] == "redis://redis:6379/0"
+    # The emitter publishes as FLorist's processes would: as the producer user.
+    assert environment_of(emitter)["FLORIST_REDIS_URL"].startswith(
+        "redis://florist-producer:${REDIS_PRODUCER_PASSWORD:?"
+    )
     assert emitter["healthcheck"] == {"disable": True}  # not a worker: no heartbeat
     assert emitter["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert emitter["depends_on"]["mongodb"] == {"condition": "service_healthy"}
@@ -936,3 +1018,156 @@ def test_deploy_readme_covers_compose_acl_and_tls() -> None:
         "redact",
     ]:
         assert needle in text, f"deploy/README.md does not mention {needle}"
+
+
+# --------------------------------------------------------------------------- compose security
+
+PASSWORD_VARIABLES = {
+    "REDIS_WORKER_PASSWORD",
+    "REDIS_PRODUCER_PASSWORD",
+    "REDIS_API_PASSWORD",
+    "MONGODB_ROOT_PASSWORD",
+    "MONGODB_WORKER_PASSWORD",
+}
+
+
+def test_compose_refuses_to_start_until_every_password_is_set() -> None:
+    """Every variable compose.yaml interpolates is a password with `${VAR:?message}`:
+    no default that works, and compose's error names the variable and what to do."""
+    text = COMPOSE.read_text()
+    references = re.findall(r"\$\{([A-Z_]+)([^}]*)\}", text)
+    assert {name for name, _ in references} == PASSWORD_VARIABLES
+    for name, rest in references:
+        assert rest.startswith(":?"), f"${{{name}{rest}}} has a default or no message"
+        assert name in rest and "openssl rand" in rest
+    assert "CHANGE_ME" not in text
+    listed = {line.split("=", 1)[0] for line in EXAMPLE_ENV.read_text().splitlines() if "=" in line}
+    assert listed == PASSWORD_VARIABLES
+    assert all(line.endswith("=") for line in EXAMPLE_ENV.read_text().splitlines() if "=" in line)
+
+
+def test_compose_needs_v2_and_says_so() -> None:
+    assert "Compose v2" in COMPOSE.read_text()
+    assert "Compose v2" in DEPLOY_README.read_text()
+
+
+def test_compose_redis_runs_on_the_mounted_acl_file(compose: dict[str, Any]) -> None:
+    redis_service = compose["services"]["redis"]
+    volumes = redis_service["volumes"]
+    assert "./deploy/redis-acl.conf:/usr/local/etc/redis/redis-acl.conf:ro" in volumes
+    assert "./deploy/redis-start.sh:/usr/local/bin/redis-start.sh:ro" in volumes
+    assert command_words(redis_service["entrypoint"]) == [
+        "/bin/sh",
+        "/usr/local/bin/redis-start.sh",
+    ]
+    assert "/run/redis" in redis_service["tmpfs"]  # the config with passwords: never on a volume
+    probe = " ".join(command_words(redis_service["healthcheck"]["test"]))
+    assert "--user florist-worker" in probe and "REDISCLI_AUTH=" in probe
+
+
+def test_compose_mongodb_authenticates_and_the_worker_has_readwrite_only(
+    compose: dict[str, Any],
+) -> None:
+    mongodb = compose["services"]["mongodb"]
+    environment = environment_of(mongodb)
+    assert environment["MONGO_INITDB_ROOT_USERNAME"] == "root"
+    assert environment["MONGO_INITDB_ROOT_PASSWORD"].startswith("${MONGODB_ROOT_PASSWORD:?")
+    assert environment["MONGODB_WORKER_USER"] == "florist-worker"
+    assert (
+        environment["FLORIST_MONGODB_DB"]
+        == environment_of(compose["services"]["worker"])["FLORIST_MONGODB_DB"]
+    )
+    mounted = "./deploy/mongodb-init.js:/docker-entrypoint-initdb.d/florist-worker-user.js:ro"
+    assert mounted in mongodb["volumes"]
+    script = MONGODB_INIT.read_text()
+    assert 'roles: [{ role: "readWrite", db: name }]' in script
+    assert "process.env.MONGODB_WORKER_PASSWORD" in script
+
+
+def test_compose_services_run_hardened(compose: dict[str, Any]) -> None:
+    for name in ("worker", "emitter"):
+        service = compose["services"][name]
+        assert service["read_only"] is True
+        assert service["cap_drop"] == ["ALL"]
+        assert service["security_opt"] == ["no-new-privileges:true"]
+        assert "/tmp" in service["tmpfs"]
+
+
+def run_redis_start(tmp_path: Path, port: int, passwords: dict[str, str]) -> subprocess.Popen[str]:
+    environment = {"PATH": "/usr/bin:/bin:/usr/local/bin", **passwords}
+    environment |= {
+        "REDIS_ACL_FILE": str(ACL),
+        "REDIS_CONF": str(tmp_path / "run" / "redis.conf"),
+        "REDIS_ENTRYPOINT": "env",  # the image's entrypoint, standing in: runs its arguments
+    }
+    return subprocess.Popen(
+        [
+            "sh",
+            str(REDIS_START),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.redis_server
+def test_compose_redis_start_gives_each_acl_user_its_password(tmp_path: Path) -> None:
+    """The script compose's Redis starts with: each user of deploy/redis-acl.conf logs in
+    with its own password (one with characters awk or sed would misread), the placeholder
+    and anonymous access are refused, and the config is readable by its owner only."""
+    passwords = {
+        "REDIS_WORKER_PASSWORD": "w&\\1/x" + "a" * 20,
+        "REDIS_PRODUCER_PASSWORD": "p" * 32,
+        "REDIS_API_PASSWORD": "q" * 32,
+    }
+    port = free_port()
+    process = run_redis_start(tmp_path, port, passwords)
+    try:
+        users = {
+            "florist-worker": passwords["REDIS_WORKER_PASSWORD"],
+            "florist-producer": passwords["REDIS_PRODUCER_PASSWORD"],
+            "florist-api": passwords["REDIS_API_PASSWORD"],
+        }
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                client = redis.Redis(
+                    port=port, username="florist-worker", password=users["florist-worker"]
+                )
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.1)
+        for user, password in users.items():
+            assert redis.Redis(port=port, username=user, password=password).ping()
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=port, username=user, password=PLACEHOLDER_PASSWORD).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=port).ping()
+        config = tmp_path / "run" / "redis.conf"
+        assert config.stat().st_mode & 0o077 == 0
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_compose_redis_start_refuses_an_empty_password(tmp_path: Path) -> None:
+    process = run_redis_start(
+        tmp_path, free_port(), {"REDIS_WORKER_PASSWORD": "x", "REDIS_PRODUCER_PASSWORD": "y"}
+    )
+    output, _ = process.communicate(timeout=10)
+    assert process.returncode == 1
+    assert "REDIS_API_PASSWORD is empty" in output
+    assert not (tmp_path / "run" / "redis.conf").exists()
