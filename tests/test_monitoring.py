@@ -156,6 +156,8 @@ def test_the_rules_cover_the_failures_an_operator_must_hear_of() -> None:
         "group lag growing": "FloristLagGrowing",
         "dead letters appearing": "FloristDeadLettersAppeared",
         "jobs finished by the watchdog": "FloristJobFinishedByWatchdog",
+        "stream trimmed past unread entries": "FloristStreamTrimmedUnread",
+        "entry IDs pushed ahead of Redis's clock": "FloristEntryIdAhead",
     }
     for failure, alert in covered.items():
         assert alert in alerts, failure
