@@ -1,6 +1,6 @@
 """Every setting of the worker, read from ``FLORIST_*`` environment variables.
 
-One model, so the command line, the README's configuration table and the code
+One model, so the command line, the configuration table of docs/operations.md and the code
 cannot drift apart: ``--help`` and the table are generated from these fields.
 """
 

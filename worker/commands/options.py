@@ -2,7 +2,7 @@
 the one way a command fails.
 
 Every setting gets ``--<name>`` with its environment variable and default in the
-help text, so ``--help``, the environment and the README table say the same thing.
+help text, so ``--help``, the environment and the table in docs/operations.md say the same thing.
 
 Every handler is wrapped by :func:`command`, so every command fails the same way: one
 line on stderr, ``florist-worker <command>: error: <what is wrong>``, and an exit code
@@ -205,12 +205,12 @@ class Parser(argparse.ArgumentParser):
 # -- settings as flags --------------------------------------------------------------------
 
 
-# Defaults computed when the settings are read, as --help and the README show them.
+# Defaults computed when the settings are read, as --help and docs/operations.md show them.
 COMPUTED_DEFAULTS: Final = {"consumer": "<hostname>-<pid>", "dead_stream": "<stream>:dead"}
 
 
 def shown_default(name: str) -> str:
-    """A setting's default as ``--help`` and the README show it."""
+    """A setting's default as ``--help`` and docs/operations.md show it."""
     info = Settings.model_fields[name]
     if info.default_factory is not None:
         return COMPUTED_DEFAULTS.get(name, "<hostname>-<pid>")
