@@ -31,12 +31,13 @@ from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.logs import configure_logging
+from worker.observers import BatchObserver
 from worker.outcomes import Outcome
 
 SENT_FIELD = b"bench_t"
 
 
-class LatencyObserver:
+class LatencyObserver(BatchObserver):
     """XADD-to-applied time of every entry: the producer's clock in ``bench_t``, ours
     once the batch is applied and acknowledged; stops the worker after ``expected``."""
 
@@ -59,7 +60,7 @@ class LatencyObserver:
             self.worker.stop()
 
 
-class MemoryObserver:
+class MemoryObserver(BatchObserver):
     """RSS after the warm-up, every tenth of the run, and at the end."""
 
     def __init__(self, worker: Worker, expected: int, warmup: int) -> None:

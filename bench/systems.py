@@ -30,7 +30,8 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from worker.connections import connect_redis
-from worker.consumer import BatchObserver, Worker
+from worker.consumer import Worker
+from worker.observers import BatchObserver
 from worker.settings import Settings
 from worker.store import JobStore, NullStore
 

@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 
 from worker.batch import Planned
 from worker.connections import connect_redis
+from worker.observers import BatchObserver
 from worker.outcomes import Outcome
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
@@ -125,8 +126,8 @@ class StreamCollector:
         ]
 
 
-class PrometheusObserver:
-    """A :class:`worker.consumer.BatchObserver` that counts into its own registry."""
+class PrometheusObserver(BatchObserver):
+    """A :class:`worker.observers.BatchObserver` that counts into its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
