@@ -2,9 +2,10 @@
 
 Each test showed one defect found by an adversarial review (all fixed since): the
 batched store with memory ended other than applying the same events one at a time
-(MongoJobStore(db, batched=False).apply) would, or remembered more than it says. The
-property in tests/test_remembered.py now searches for the class (clients added,
-repeated, renamed or removed between batches, several changes at once).
+(MongoJobStore(db, batched=False).apply) would. The memory is gone (every batch reads
+its jobs); the same sequences must still end as one by one. The property in
+tests/test_batched_writes.py searches for the class (clients added, repeated, renamed or
+removed between batches, several changes at once).
 """
 
 from __future__ import annotations
@@ -146,36 +147,3 @@ def test_a_dry_run_batch_on_memory_reports_what_another_writer_already_applied()
     got = _outcomes(store.apply_batch(later, dry_run=True))
 
     assert got == expected
-
-
-def test_memory_keeps_the_metrics_texts_the_readme_says_it_leaves_out():
-    """RememberedJobs held each job as _play left it, with every $set value in it: the
-    server's and every client's whole metrics text (up to 1 MiB each, x 10,000 jobs),
-    not "the small projection, no metrics" (fixed: effects.projected)."""
-    database = _database()
-    store = MongoJobStore(database)
-    big = {"history": ["x" * 1000] * 200}  # a 200 KB snapshot (entries may be up to 1 MiB)
-    server = parse_entry(
-        {"v": "1", "type": "server.metrics", "job_id": JOB_ID, "metrics": json.dumps(big)}
-    )
-    client = parse_entry(
-        {
-            "v": "1",
-            "type": "client.metrics",
-            "job_id": JOB_ID,
-            "client_uuid": CLIENTS[0],
-            "metrics": json.dumps(big),
-        }
-    )
-    store.apply_batch(
-        [
-            (server, StreamPosition(10, 0)),
-            (client, StreamPosition(11, 0)),
-            (_client(CLIENTS[1], 1), StreamPosition(12, 0)),
-        ]
-    )
-
-    remembered = store._remembered.usable(JOB_ID)
-    assert remembered is not None  # the batch matched: the job is remembered
-    size = len(json.dumps(remembered, default=str))
-    assert size < 4096, f"one remembered job holds {size} bytes: {sorted(remembered)}"
