@@ -7,6 +7,7 @@ how the stream is cut into batches: batches of 1, 7 and 1,000 end every entry al
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,10 +87,12 @@ def _run(entries: list[dict[str, str]], batch_size: int) -> tuple[Any, Any, Any]
     )
     for index, fields in enumerate(entries):
         client.xadd(STREAM, fields, id=f"{1_700_000_000_000 + index}-0")
-    for _round in range(2 * len(entries) + 5):  # a drain retries one batch of its own
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # a drain retries one batch of its own, once idle
         worker.drain()
         if not int(client.xpending(STREAM, GROUP)["pending"]):
             break
+        time.sleep(0.002)  # retry_idle_ms
     assert int(client.xpending(STREAM, GROUP)["pending"]) == 0
     letters = {
         fields[b"origin_id"].decode(): fields[b"dead_reason"].decode()
