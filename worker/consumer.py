@@ -295,7 +295,7 @@ class Worker:
             entries = self._call(lambda: self.stream.read_own_pending(self.settings.batch_size))
             if not entries:
                 return
-            self._handle(entries, redelivered=True)
+            self._handle(entries)
 
     def _handle_next(self, block_ms: int | None) -> bool:
         entries = self._call(lambda: self.stream.read_new(self.settings.batch_size, block_ms))
@@ -317,7 +317,7 @@ class Worker:
             )
         )
         if retries:
-            self._handle(retries, redelivered=True)
+            self._handle(retries)
             handled = True
         for _page in range(100):  # bounded, so a huge PEL cannot starve new entries
             if self._stop.is_set():
@@ -329,18 +329,16 @@ class Worker:
             )
             if claimed or trimmed:
                 log.info("claimed abandoned entries", count=len(claimed), trimmed=len(trimmed))
-                self._handle(
-                    claimed + [Entry(entry_id, None) for entry_id in trimmed], redelivered=True
-                )
+                self._handle(claimed + [Entry(entry_id, None) for entry_id in trimmed])
                 handled = True
             if self.stream.claim_scan_complete:
                 break
         return handled
 
-    def _handle(self, entries: Sequence[Entry], *, redelivered: bool = False) -> None:
+    def _handle(self, entries: Sequence[Entry]) -> None:
         """Decide, apply and settle one batch, retrying through outages: decided once
         (what an outage cut short is in the ledger), then settled, however often Redis
-        fails. ``redelivered``: entries delivered before (own pending, retries, claimed)."""
+        fails."""
         started = time.perf_counter()
         tokens = requeues.tokens_to_check(entry.fields for entry in entries)
         records = self._call(lambda: requeues.read_records(self.redis, self.stream.stream, tokens))
