@@ -27,12 +27,10 @@ from pymongo.database import Database
 from bench.memory import rss_bytes, rss_peak_bytes
 from bench.systems import Target, drain_worker, worker_settings
 from bench.workloads import check_documents, insert_jobs, steady
-from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.logs import configure_logging
-from worker.observers import BatchObserver
-from worker.outcomes import Outcome
+from worker.observers import BatchObserver, Settled
 
 SENT_FIELD = b"bench_t"
 
@@ -48,7 +46,7 @@ class LatencyObserver(BatchObserver):
         self.first_sent: float | None = None
         self.last_settled = 0.0
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         now = self.last_settled = time.time()
         for item, _outcome in results:
             fields = item.entry.fields or {}
@@ -73,7 +71,7 @@ class MemoryObserver(BatchObserver):
         self.next_sample = self.step
         self.warm_rss: int | None = None
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         self.handled += len(results)
         if self.warm_rss is None and self.handled >= self.warmup:
             self.warm_rss = rss_bytes()

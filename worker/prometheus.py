@@ -25,9 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from worker.batch import Planned
 from worker.connections import connect_redis
-from worker.observers import BatchObserver
+from worker.observers import BatchObserver, Settled
 from worker.outcomes import Outcome
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
@@ -170,7 +169,7 @@ class PrometheusObserver(BatchObserver):
         self.server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         marker = MARKER_FIELD.encode()
         for item, outcome in results:
             self.events.labels(outcome=outcome.value, type=item.event_type).inc()
