@@ -478,9 +478,9 @@ class MongoJobStore(JobStore):
         decided: Sequence[tuple[int, Event, StreamPosition]],
         as_read: Mapping[str, dict[str, Any]],
         depth: int = 0,
-    ) -> bool:
-        """Send the writes as one ordered ``bulk_write``; ``True`` when every one matched
-        (every outcome stands), else the batch is settled (:meth:`_settle_misses`)."""
+    ) -> None:
+        """Send the writes as one ordered ``bulk_write``: when every one matched, every
+        outcome stands; else the batch is settled (:meth:`_settle_misses`)."""
         requests = [
             UpdateOne(
                 write.filter,
@@ -494,7 +494,7 @@ class MongoJobStore(JobStore):
         try:
             result = self._bulk.bulk_write(requests, ordered=True)
             if int(result.matched_count) == len(requests):
-                return True
+                return
         except BulkWriteError as error:
             concern = error.details.get("writeConcernErrors") or []
             if concern and not error.details.get("writeErrors"):
@@ -521,7 +521,6 @@ class MongoJobStore(JobStore):
                     raise_classified(problem)
                 refused[int(failure["index"])] = describe(problem)
         self._settle_misses(planned, refused, results, decided, as_read, depth)
-        return False
 
     def _settle_misses(
         self,
