@@ -27,16 +27,15 @@ from pymongo.database import Database
 from bench.memory import rss_bytes, rss_peak_bytes
 from bench.systems import Target, drain_worker, worker_settings
 from bench.workloads import check_documents, insert_jobs, steady
-from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.logs import configure_logging
-from worker.outcomes import Outcome
+from worker.observers import BatchObserver, Settled
 
 SENT_FIELD = b"bench_t"
 
 
-class LatencyObserver:
+class LatencyObserver(BatchObserver):
     """XADD-to-applied time of every entry: the producer's clock in ``bench_t``, ours
     once the batch is applied and acknowledged; stops the worker after ``expected``."""
 
@@ -47,7 +46,7 @@ class LatencyObserver:
         self.first_sent: float | None = None
         self.last_settled = 0.0
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         now = self.last_settled = time.time()
         for item, _outcome in results:
             fields = item.entry.fields or {}
@@ -59,7 +58,7 @@ class LatencyObserver:
             self.worker.stop()
 
 
-class MemoryObserver:
+class MemoryObserver(BatchObserver):
     """RSS after the warm-up, every tenth of the run, and at the end."""
 
     def __init__(self, worker: Worker, expected: int, warmup: int) -> None:
@@ -72,7 +71,7 @@ class MemoryObserver:
         self.next_sample = self.step
         self.warm_rss: int | None = None
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         self.handled += len(results)
         if self.warm_rss is None and self.handled >= self.warmup:
             self.warm_rss = rss_bytes()

@@ -190,12 +190,14 @@ TARGETS = (
         lambda v: v <= 10,
         _round_trip_bound("steady"),
     ),
+    # Issue 13 asked for 2; issue 20 removed the remembered state (every batch reads its
+    # jobs: two round trips per batch) and set the bar at 3.
     Target(
-        13,
-        "A <= 2 MongoDB round trips per 1,000 events on backlog",
+        20,
+        "A <= 3 MongoDB round trips per 1,000 events on backlog",
         "per 1,000",
         lambda r: _round_trips(r, "backlog"),
-        lambda v: v <= 2,
+        lambda v: v <= 3,
         _round_trip_bound("backlog"),
     ),
     _ratio_target(13, "steady", "2", "A", "B", 2.5),

@@ -30,7 +30,8 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from worker.connections import connect_redis
-from worker.consumer import BatchObserver, Worker
+from worker.consumer import Worker
+from worker.observers import BatchObserver
 from worker.settings import Settings
 from worker.store import JobStore, NullStore
 
@@ -101,10 +102,9 @@ def create_group(client: redis.Redis, target: Target) -> None:
             raise
 
 
-def store_round_trips(store: object) -> int | None:
-    """``store.round_trips`` where the store counts them (``None`` where it does not)."""
-    value = getattr(store, "round_trips", None)
-    return value if isinstance(value, int) else None
+def store_round_trips(store: JobStore) -> int | None:
+    """``store.round_trips`` where the store talks to MongoDB (``None`` for NullStore)."""
+    return None if isinstance(store, NullStore) else store.round_trips
 
 
 # -- A, A1 and D: the worker -----------------------------------------------------------

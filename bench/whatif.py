@@ -43,7 +43,6 @@ from bench.workloads import Workload, backlog, steady
 from worker.batch import Planned, plan_batch, plan_entry
 from worker.events import CLIENT_METRICS, SERVER_METRICS, Limits
 from worker.logs import configure_logging
-from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.stream import Entry
 
@@ -107,14 +106,14 @@ def lazy_plan_batch(entries: Sequence[Entry], limits: Limits) -> list[Planned]:
     to the full plan if a snapshot that supersedes others turns out invalid (those
     must then be applied, as ``plan_batch`` would)."""
     heads = [_envelope(entry) for entry in entries]
-    newest: dict[tuple[str, ...], StreamPosition] = {}
-    for head in heads:
-        if head is not None and (head[0] not in newest or newest[head[0]] < head[1]):
-            newest[head[0]] = head[1]
+    newest: dict[tuple[str, ...], tuple[StreamPosition, str]] = {}
+    for entry, head in zip(entries, heads, strict=True):
+        if head is not None and (head[0] not in newest or newest[head[0]][0] < head[1]):
+            newest[head[0]] = (head[1], entry.id)
     planned: list[Planned] = []
     for entry, head in zip(entries, heads, strict=True):
-        if head is not None and head[2] and head[1] < newest[head[0]]:
-            planned.append(Planned(entry, outcome=Outcome.COALESCED))
+        if head is not None and head[2] and head[1] < newest[head[0]][0]:
+            planned.append(Planned(entry, coalesced_into=newest[head[0]][1]))
             continue
         item = plan_entry(entry, limits)
         if head is not None and item.event is None:

@@ -13,7 +13,7 @@ from pymongo.database import Database
 
 from worker.consumer import Worker
 from worker.events import Event
-from worker.outcomes import Outcome
+from worker.outcomes import Decision, Outcome
 from worker.positions import StreamPosition
 from worker.requeues import RequeueRecord
 from worker.settings import Settings
@@ -120,12 +120,10 @@ class RecordingStore(MongoJobStore):
             self.outcomes[position].append(outcome)
         return outcome
 
-    def apply_batch(
-        self, items: Any, *, dry_run: bool = False, redelivered: bool = False
-    ) -> list[tuple[Outcome, str]]:
+    def apply_batch(self, items: Any, *, dry_run: bool = False) -> list[Decision]:
         self._in_batch = True  # what the batch applies one by one is recorded once, below
         try:
-            results = super().apply_batch(items, dry_run=dry_run, redelivered=redelivered)
+            results = super().apply_batch(items, dry_run=dry_run)
         finally:
             self._in_batch = False
         for (_event, position), (outcome, _error) in zip(items, results, strict=True):

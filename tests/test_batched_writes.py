@@ -9,6 +9,7 @@ it too (batches of 3 entries or more take it).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import mongomock_ng
@@ -21,6 +22,7 @@ from pymongo.errors import BulkWriteError, WriteError
 from tests.conftest import load_job_document, load_sample_entries
 from tests.mongo_checks import CheckingDatabase
 from tests.support import STREAM, WithJobCollection, job_of, make_worker, requeued
+from worker.document import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
 from worker.events import parse_entry
 from worker.health import read_heartbeat
 from worker.memorydb import EmulatedBulk
@@ -30,6 +32,8 @@ from worker.prometheus import PrometheusObserver
 from worker.stats import collect_stats
 from worker.store import MongoJobStore
 
+# ``./dev fuzz N`` multiplies the example budget of the property with other writers.
+SCALE = int(os.environ.get("FLORIST_FUZZ_SCALE", "1"))
 SAMPLES = load_sample_entries()
 JOB = load_job_document()
 
@@ -261,3 +265,105 @@ def test_the_emulated_bulk_stops_at_the_first_write_error_as_pymongo_documents()
     assert details["nMatched"] == 1
     assert [(e["index"], e["code"]) for e in details["writeErrors"]] == [(2, 121)]
     assert collection.find_one({"_id": "a"})["n"] == 1  # nothing after the error ran
+
+
+def _items(steps: list[tuple[int, int, bool]]) -> list[Any]:
+    return [
+        (_by_uuid(index) if by_uuid else SAMPLE_EVENTS[index], StreamPosition(ms, index))
+        for index, ms, by_uuid in steps
+    ]
+
+
+# ------------------------------------------ other writers between batches: still exact
+
+step = st.tuples(
+    st.integers(0, len(ENTRIES) - 1),  # which sample event (or heartbeat)
+    st.integers(0, 60),  # its position (milliseconds): any order, repeats = redelivery
+    st.booleans(),  # named by uuid
+)
+
+meddling = st.one_of(
+    st.tuples(st.just("apply"), st.lists(step, min_size=1, max_size=4)),  # another worker
+    st.tuples(st.just("rebuild"), st.none()),  # an operator's fresh document
+    st.tuples(st.just("status"), st.sampled_from(["IN_PROGRESS", "FINISHED_WITH_ERROR"])),
+    st.tuples(st.just("liveness"), st.integers(0, 80)),
+    st.tuples(st.just("nothing"), st.none()),
+    # What the API or an operator may do to clients_info (Job.set_uuids and the like).
+    st.tuples(st.just("duplicate_client"), st.integers(0, 5)),
+    st.tuples(st.just("add_client"), st.sampled_from(["no-such-client", "another"])),
+    st.tuples(
+        st.just("rename_client"),
+        st.tuples(st.integers(0, 5), st.sampled_from([*CLIENT_UUIDS, "no-such-client"])),
+    ),
+    st.tuples(st.just("remove_client"), st.integers(0, 5)),
+    st.tuples(st.just("delete"), st.none()),
+)
+
+batches = st.lists(
+    st.tuples(st.lists(step, min_size=3, max_size=12), st.lists(meddling, max_size=3)),
+    min_size=2,
+    max_size=5,
+)
+
+
+def _meddle(database: Any, kind: str, argument: Any) -> None:
+    jobs = database["job"]
+    if kind == "apply":
+        other = MongoJobStore(database, batched=False)
+        for event, position in _items(argument):
+            other.apply(event, position)
+    elif kind == "rebuild":
+        jobs.replace_one({"_id": JOB["_id"]}, load_job_document(), upsert=True)
+    elif kind == "delete":
+        jobs.delete_one({"_id": JOB["_id"]})
+    elif kind in ("duplicate_client", "add_client", "rename_client", "remove_client"):
+        document = jobs.find_one({"_id": JOB["_id"]})
+        if document is None:
+            return
+        clients = list(document.get("clients_info") or [])
+        if kind == "add_client":
+            clients.append({**(clients[0] if clients else {}), "uuid": argument})
+        elif clients and kind == "duplicate_client":
+            clients.append(dict(clients[argument % len(clients)]))
+        elif clients and kind == "rename_client":
+            which, uuid = argument
+            clients[which % len(clients)] = {**clients[which % len(clients)], "uuid": uuid}
+        elif clients:
+            del clients[argument % len(clients)]
+        jobs.update_one({"_id": JOB["_id"]}, {"$set": {"clients_info": clients}})
+    elif kind == "status":
+        jobs.update_one({"_id": JOB["_id"]}, {"$set": {"status": argument}})
+    elif kind == "liveness":
+        jobs.update_one(
+            {"_id": JOB["_id"]},
+            {
+                "$max": {
+                    SERVER_LAST_EVENT: argument,
+                    f"clients_info.$[].{CLIENT_LAST_EVENT}": argument,
+                }
+            },
+        )
+
+
+@settings(max_examples=400 * SCALE, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches)
+def test_batches_with_other_writers_between_them_end_as_one_by_one(plan):
+    """Each batch applied as one, then somebody else changes the job (another worker, the
+    API's clients_info, an operator): the outcomes and the document are those of the same
+    events applied one at a time."""
+    reference = _database()
+    one = MongoJobStore(reference, batched=False)
+    database = _database()
+    store = MongoJobStore(database)
+
+    for steps, meddles in plan:
+        items = _items(steps)
+        expected = [one.apply(event, position) for event, position in items]
+        got = [outcome for outcome, _error in store.apply_batch(items)]
+        assert got == expected
+        assert database["job"].find_one({"_id": JOB["_id"]}) == reference["job"].find_one(
+            {"_id": JOB["_id"]}
+        )
+        for kind, argument in meddles:
+            _meddle(reference, kind, argument)
+            _meddle(database, kind, argument)

@@ -259,7 +259,7 @@ def test_a_tiny_benchmark_measures_everything_and_writes_both_outputs(tmp_path: 
     assert len(verdicts) == len(report.TARGETS) == 15
     assert set(verdicts.values()) <= {"PASS", "MISS"}  # each one measured
     for verdict in results["targets"]:
-        assert verdict["issue"] in (6, 13)
+        assert verdict["issue"] in (6, 13, 20)
         if verdict["result"] == "MISS" and verdict["issue"] == 13:
             assert verdict["bound"]  # what bounds it, worked out from the figures
     for workload in ("steady", "backlog"):
@@ -334,7 +334,7 @@ def test_a_miss_says_what_bounds_it() -> None:
     ratio = verdicts["at 2 ms: A >= 10 x B on backlog"]
     assert ratio["result"] == "MISS"
     assert "in-process work alone" in ratio["bound"]  # 400 us local > the 250 us budget
-    trips = verdicts["A <= 2 MongoDB round trips per 1,000 events on backlog"]
+    trips = verdicts["A <= 3 MongoDB round trips per 1,000 events on backlog"]
     assert trips["result"] == "MISS" and "50.0 round trips per 1,000" in trips["bound"]
     assert verdicts["at 2 ms: A >= 2.5 x B on steady"]["result"] == "not measured"
 

@@ -26,6 +26,7 @@ from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.events import Event
+from worker.observers import BatchObserver
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 from worker.producer import EventPublisher
@@ -43,7 +44,7 @@ class SlowStore(RecordingStore):
         return super().apply(event, position, dry_run=dry_run)
 
 
-class Settled:
+class Settled(BatchObserver):
     """Every settled entry's outcomes, by entry ID (a BatchObserver)."""
 
     def __init__(self) -> None:

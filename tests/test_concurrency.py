@@ -80,7 +80,7 @@ def test_two_workers_in_any_interleaving_match_one_worker_in_order(fake_redis, s
                         worker.store.apply(*planned)
             elif action == "redeliver":
                 worker._handle(batch)
-                worker._handle(batch, redelivered=True)  # a second delivery of the same
+                worker._handle(batch)  # a second delivery of the same
             # crash_before_apply: the batch is simply dropped; its entries stay pending
 
     # The survivors: whatever is pending or unread is claimed and finished.

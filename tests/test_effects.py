@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from worker.batch import plan_batch
 from worker.consumer import Backoff
-from worker.effects import (
-    SERVER_POSITION,
-    STATUS_POSITION,
-    after_miss,
-    first_write,
-)
+from worker.document import SERVER_POSITION, STATUS_POSITION
+from worker.effects import after_miss, first_write
 from worker.events import Limits, parse_entry
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
@@ -106,7 +102,7 @@ def test_not_started_event_is_classified_by_a_read_only():
     assert first_write(_status("NOT_STARTED"), P) is None
 
 
-def test_batch_coalesces_older_snapshots_but_never_a_finishing_one():
+def test_batch_folds_older_snapshots_into_the_newest_but_never_a_finishing_one():
     def entry(i, metrics):
         fields = {"v": "1", "type": "server.metrics", "job_id": "j", "metrics": metrics}
         return Entry(f"1-{i}", {k.encode(): v.encode() for k, v in fields.items()})
@@ -121,13 +117,8 @@ def test_batch_coalesces_older_snapshots_but_never_a_finishing_one():
         ],
         Limits(),
     )
-    assert [p.outcome for p in planned] == [
-        Outcome.COALESCED,
-        None,
-        None,
-        Outcome.LOST,
-        Outcome.INVALID,
-    ]
+    assert [p.outcome for p in planned] == [None, None, None, Outcome.LOST, Outcome.INVALID]
+    assert [p.coalesced_into for p in planned] == ["1-3", "", "", "", ""]
 
 
 def test_backoff_doubles_up_to_the_ceiling_and_survives_long_outages():
@@ -164,7 +155,8 @@ def test_a_whole_batch_decides_each_entry_as_batches_of_one_do(indices):
     alone = [plan_batch([entry], Limits())[0] for entry in batch]
     for together, single in zip(whole, alone, strict=True):
         assert single.outcome is None or single.outcome.dead_at_once
-        if together.outcome is Outcome.COALESCED:
+        assert together.outcome == single.outcome
+        if together.coalesced_into:
             assert single.outcome is None  # only a valid snapshot can be superseded
         else:
             assert (together.outcome, together.event) == (single.outcome, single.event)
@@ -177,4 +169,6 @@ def test_an_invalid_newest_snapshot_does_not_swallow_the_older_ones():
         Entry("1-1", {k.encode(): v.encode() for k, v in older.items()}),
         Entry("1-2", {k.encode(): v.encode() for k, v in broken.items()}),
     ]
-    assert [p.outcome for p in plan_batch(batch, Limits())] == [None, Outcome.INVALID]
+    planned = plan_batch(batch, Limits())
+    assert [p.outcome for p in planned] == [None, Outcome.INVALID]
+    assert not planned[0].coalesced_into

@@ -20,6 +20,9 @@ from tests.support import (
     pending_of,
     publish,
 )
+from tests.support import settings as worker_settings
+from worker.consumer import Worker
+from worker.store import MongoJobStore, StoreUnavailable
 
 JOB = "job-1"
 GOOD = {"v": "1", "type": "server.metrics", "job_id": JOB, "metrics": '{"round": 1}'}
@@ -316,3 +319,43 @@ def test_a_read_only_replica_during_a_failover_is_waited_out_like_an_outage(fake
     )
     worker = make_worker(FailingOver(fake_redis, 3), database)
     assert worker.drain() == {"applied": 1}
+
+
+class FailsOnceAfter(MongoJobStore):
+    """One update at a time; the connection drops once, after ``after`` updates."""
+
+    def __init__(self, database, after):
+        super().__init__(database, batched=False)
+        self.after = after
+        self.applied = 0
+        self.failed = False
+
+    def apply(self, event, position, *, dry_run=False):
+        if self.applied == self.after and not self.failed:
+            self.failed = True
+            raise StoreUnavailable("connection reset")
+        self.applied += 1
+        return super().apply(event, position, dry_run=dry_run)
+
+
+def test_an_outage_part_way_through_a_batch_counts_each_entry_as_it_first_took_effect(
+    fake_redis, database
+):
+    """The two updates made before the outage are sent again after it (the guards make
+    them no-ops) and still count as applied, not duplicate."""
+    clients = [{"uuid": "c1"}, {"uuid": "c2"}]
+    database["job"].insert_one({"_id": "j", "status": "NOT_STARTED", "clients_info": clients})
+    fake_redis.xadd(
+        STREAM, {"v": "1", "type": "job.status", "job_id": "j", "status": "IN_PROGRESS"}
+    )
+    fake_redis.xadd(STREAM, {"v": "1", "type": "server.metrics", "job_id": "j", "metrics": "{}"})
+    for uuid in ("c1", "c2"):
+        fields = {"v": "1", "type": "client.metrics", "job_id": "j", "client_uuid": uuid}
+        fake_redis.xadd(STREAM, {**fields, "metrics": "{}"})
+    store = FailsOnceAfter(database, after=2)
+
+    counts = Worker(fake_redis, None, worker_settings(), store=store).drain()
+
+    assert counts == {"applied": 4}
+    assert store.failed and store.applied == 6  # the first two, twice
+    assert pending_of(fake_redis) == 0

@@ -270,4 +270,7 @@ def test_one_pass_coalescing_matches_may_be_coalesced(batch):
     for index, item in enumerate(planned):
         assert item.event is not None
         superseded = may_be_coalesced(item.event) and newest[coalesce_target(item.event)] > index
-        assert (item.outcome is not None) == superseded
+        assert item.outcome is None
+        assert bool(item.coalesced_into) == superseded
+        if superseded:
+            assert item.coalesced_into == planned[newest[coalesce_target(item.event)]].entry.id

@@ -18,13 +18,14 @@ from tests.support import make_worker, publish, settings
 from worker import consumer
 from worker.batch import Planned
 from worker.consumer import GEN0_THRESHOLD, Worker
+from worker.observers import BatchObserver
 from worker.outcomes import Outcome
 from worker.store import NullStore
 
 STATUS = {"v": "1", "type": "job.status", "job_id": "j", "status": "IN_PROGRESS"}
 
 
-class Seen:
+class Seen(BatchObserver):
     """A batch observer that notes the collector's settings while a batch is settled."""
 
     def __init__(self) -> None:

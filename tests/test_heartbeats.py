@@ -12,7 +12,8 @@ import mongomock_ng
 from tests.conftest import load_job_document
 from tests.mongo_checks import CheckingDatabase
 from tests.support import STREAM, job_of, make_worker, requeued
-from worker.effects import after_miss, apply_to, classified_state, first_write
+from worker.document import apply_to, group_state
+from worker.effects import after_miss, first_write
 from worker.entities import Job
 from worker.events import entry_json_schema, parse_entry
 from worker.outcomes import Outcome
@@ -88,10 +89,10 @@ def test_the_in_memory_play_agrees_with_the_update():
     assert write is not None and "$set" not in write.update
     decision = after_miss(event, position, document)
     assert decision == write
-    before = classified_state(document)
+    before = group_state(document, ("client", CLIENT))
     apply_to(document, write)
     assert document["clients_info"][0]["last_event_ms"] == 9
-    assert classified_state(document) != before
+    assert group_state(document, ("client", CLIENT)) != before
     assert after_miss(event, StreamPosition(8, 0), document) is Outcome.DUPLICATE
 
 

@@ -52,6 +52,7 @@ from worker.positions import StreamPosition
 from worker.replay import replay
 from worker.requeues import RequeueRecord, digest_of
 from worker.settings import Settings
+from worker.store import JobStore
 from worker.stream import Entry
 
 SCALE = int(os.environ.get("FLORIST_FUZZ_SCALE", "1"))
@@ -237,7 +238,7 @@ def test_planning_never_raises_and_does_not_depend_on_batching(fields_list):
         assert together.outcome is not Outcome.INTERNAL_ERROR, together.error
         assert _dead(together) == _dead(single) == _dead(by_sevens)
         assert together.error == single.error
-        if together.outcome is Outcome.COALESCED:
+        if together.coalesced_into:
             assert single.outcome is None and single.event is not None
         if single.event is None:
             continue
@@ -539,7 +540,7 @@ def test_the_producer_acl_cannot_write_requeue_records_or_read_tokens(tmp_path):
 # ------------------------------------------------------------ the last-resort guard
 
 
-class ExplodingStore:
+class ExplodingStore(JobStore):
     """Raises something nobody foresaw for one job."""
 
     def __init__(self, inner: Any) -> None:

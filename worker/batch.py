@@ -3,9 +3,11 @@
 Every entry is checked in full (:func:`plan_entry`), whatever else is in its batch, so
 an entry's outcome never depends on where batch boundaries fall (except ``coalesced``
 versus ``applied``). Then, because a snapshot event carries a target's whole current
-state, only the newest valid snapshot per target needs writing: the older ones are
-``coalesced``; so are all but the newest heartbeat of each host. That is what lets a
-backlog drain far faster than one write per entry.
+state, only the newest valid snapshot per target needs writing: each older one is
+marked with the entry it folds into (``coalesced_into``); so is each heartbeat but the
+newest of its host. That is what lets a backlog drain far faster than one write per
+entry. Whether a folded entry ends ``coalesced`` is decided with the newest's outcome
+(:mod:`worker.decision`), never here.
 
 Nothing an entry holds can make planning raise: a fault of the entry is its outcome
 (``invalid``, ``unsupported_version``), and anything unforeseen is ``internal_error``
@@ -31,6 +33,8 @@ class Planned:
 
     ``origin`` is where the event stands in the stream for good: its own ID, or the
     ``origin_id`` a requeue record vouches for; a dead letter keeps it.
+    ``coalesced_into`` is the entry ID of the newer snapshot of the same target in the
+    batch that stands for this one (empty: the event is applied itself).
     """
 
     entry: Entry
@@ -39,6 +43,7 @@ class Planned:
     outcome: Outcome | None = None
     error: str = ""
     origin: str = ""
+    coalesced_into: str = ""
 
     @property
     def event_type(self) -> str:
@@ -51,9 +56,9 @@ class Planned:
 
 _new = object.__new__
 # The slots' own setters: a frozen dataclass refuses plain assignment.
-_set_entry, _set_event, _set_position, _set_outcome, _set_error, _set_origin = (
+_set_entry, _set_event, _set_position, _set_outcome, _set_error, _set_origin, _set_into = (
     Planned.__dict__[name].__set__
-    for name in ("entry", "event", "position", "outcome", "error", "origin")
+    for name in ("entry", "event", "position", "outcome", "error", "origin", "coalesced_into")
 )
 
 
@@ -73,6 +78,7 @@ def _planned(
     _set_outcome(item, outcome)
     _set_error(item, "")
     _set_origin(item, origin)
+    _set_into(item, "")
     return item
 
 
@@ -127,27 +133,28 @@ def _requeued(
 def plan_batch(
     entries: Sequence[Entry], limits: Limits, requeues: Mapping[str, str] = NO_RECORDS
 ) -> list[Planned]:
-    """Plan a batch in stream order; superseded snapshots are marked ``coalesced``."""
+    """Plan a batch in stream order; each superseded snapshot names its newest."""
     planned = [plan_entry(entry, limits, requeues) for entry in entries]
     # Each event's coalescing target, computed once per entry (None: never coalesced),
-    # and the newest position of each target, a finishing snapshot included.
+    # and the newest of each target, a finishing snapshot included.
     keys: list[tuple[str, ...] | None] = []
-    newest: dict[tuple[str, ...], StreamPosition] = {}
+    newest: dict[tuple[str, ...], Planned] = {}
     for item in planned:
         event, position, key = item.event, item.position, None
         if event is not None and position is not None:
             key = coalesce_target(event)
             if key is not None:
                 latest = newest.get(key)
-                if latest is None or latest < position:
-                    newest[key] = position
+                if latest is None or (latest.position is not None and latest.position < position):
+                    newest[key] = item
         keys.append(key)
     for item, key in zip(planned, keys, strict=True):
         if key is None or item.event is None or item.position is None:
             continue
         latest = newest[key]
         # A finishing snapshot is never coalesced (what effects.may_be_coalesced says).
-        if latest is not item.position and item.position < latest and not is_finishing(item.event):
+        later = latest.position is not None and item.position < latest.position
+        if later and not is_finishing(item.event):
             # Made above and seen by no one yet: marked in place, not made again.
-            _set_outcome(item, Outcome.COALESCED)
+            _set_into(item, latest.entry.id)
     return planned

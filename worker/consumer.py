@@ -7,8 +7,8 @@ guards in :mod:`worker.effects` make their interleaving harmless. The policy:
   name finishes what it had), then new entries with a blocking XREADGROUP;
 * now and then, take back its own entries left pending for a retry, and claim
   entries that dead consumers left idle longer than ``claim_idle_ms``;
-* a batch is planned (parsed, coalesced), applied event by event, then settled:
-  dead letters and one XACK in one MULTI/EXEC;
+* a batch is planned (parsed, coalesced: :mod:`worker.batch`), decided and applied
+  (:mod:`worker.decision`), then settled: dead letters and one XACK in one MULTI/EXEC;
 * an outage of Redis or MongoDB acknowledges nothing: back off exponentially and
   retry the batch in hand, keeping what already took effect.
 """
@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import redis
 import structlog
@@ -34,20 +34,13 @@ from pymongo.database import Database
 from worker import requeues
 from worker.batch import Planned, plan_batch
 from worker.cluster import CLUSTER_OUTAGES
-from worker.events import Event
+from worker.decision import Ledger, decide
 from worker.health import remove_heartbeat, write_heartbeat
-from worker.outcomes import DEAD_AT_ONCE, RETRYABLE, Outcome
+from worker.observers import BatchObserver, Settled
+from worker.outcomes import DEAD_AT_ONCE, RETRYABLE, Decision, Outcome
 from worker.positions import StreamPosition
 from worker.settings import Settings
-from worker.store import (
-    JobStore,
-    MongoJobStore,
-    StoreUnavailable,
-    check_configuration,
-    outcome_of,
-    outcomes_of,
-    takes_batches,
-)
+from worker.store import JobStore, MongoJobStore, StoreUnavailable
 from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
 from worker.watchdog import ScanReport, Watchdog
 
@@ -137,19 +130,11 @@ _collector = _CollectorTuning()
 
 
 _LOGGED_EACH = RETRYABLE | {Outcome.LOST}
-_FAILED = frozenset({Outcome.STORE_ERROR, Outcome.INTERNAL_ERROR})  # logged by _decided
+_FAILED = frozenset({Outcome.STORE_ERROR, Outcome.INTERNAL_ERROR})  # logged by _log_failures
 
 
 class Stopping(Exception):
     """Raised inside the loop when a stop was requested during an outage wait."""
-
-
-class BatchObserver(Protocol):
-    """Told about every settled batch (the Prometheus exporter is one)."""
-
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
-        """Called once per settled batch with each entry's outcome."""
-        ...
 
 
 class Backoff:
@@ -191,7 +176,7 @@ class Worker:
             store = MongoJobStore(database, batched=self.settings.batched_writes)
         self.store = store
         # The watchdog reads the job collection: only a store that has one gets it.
-        collection = getattr(store, "collection", None)
+        collection = store.watched_collection()
         self.watchdog = (
             Watchdog(redis_client, collection, self.settings) if collection is not None else None
         )
@@ -213,10 +198,8 @@ class Worker:
         self._store_ok = True
         self._announced: set[str] = set()
         self._round_trips_reported = 0
-        # Outcomes of writes applied before an outage cut their confirmation short.
-        self._labels: dict[
-            str, tuple[Outcome, str]
-        ] = {}  # entries whose retry was logged at info once
+        # How entries took effect before an outage cut their batch short.
+        self._ledger = Ledger()
 
     # -- public surface -------------------------------------------------------------
 
@@ -268,7 +251,7 @@ class Worker:
     @property
     def round_trips(self) -> int:
         """MongoDB round trips the store made to apply events (0 if it does not count)."""
-        return int(getattr(self.store, "round_trips", 0))
+        return self.store.round_trips
 
     @property
     def round_trips_per_1000_events(self) -> float | None:
@@ -285,11 +268,8 @@ class Worker:
         report = self.watchdog.scan()
         if report is not None:
             for observer in self.observers:
-                scanned = getattr(observer, "watchdog_scanned", None)
-                if scanned is None:
-                    continue
                 try:
-                    scanned(report)
+                    observer.watchdog_scanned(report)
                 except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
                     log.error(
                         "watchdog observer failed",
@@ -301,7 +281,7 @@ class Worker:
     # -- the loop's steps -----------------------------------------------------------
 
     def _ensure_group(self) -> None:
-        check_configuration(self.store)
+        self.store.check_configuration()
         if self.stream.ensure_group():
             log.info("consumer group created", stream=self.stream.stream, group=self.stream.group)
         self._group_ready = True
@@ -315,7 +295,7 @@ class Worker:
             entries = self._call(lambda: self.stream.read_own_pending(self.settings.batch_size))
             if not entries:
                 return
-            self._handle(entries, redelivered=True)
+            self._handle(entries)
 
     def _handle_next(self, block_ms: int | None) -> bool:
         entries = self._call(lambda: self.stream.read_new(self.settings.batch_size, block_ms))
@@ -337,7 +317,7 @@ class Worker:
             )
         )
         if retries:
-            self._handle(retries, redelivered=True)
+            self._handle(retries)
             handled = True
         for _page in range(100):  # bounded, so a huge PEL cannot starve new entries
             if self._stop.is_set():
@@ -349,59 +329,52 @@ class Worker:
             )
             if claimed or trimmed:
                 log.info("claimed abandoned entries", count=len(claimed), trimmed=len(trimmed))
-                self._handle(
-                    claimed + [Entry(entry_id, None) for entry_id in trimmed], redelivered=True
-                )
+                self._handle(claimed + [Entry(entry_id, None) for entry_id in trimmed])
                 handled = True
             if self.stream.claim_scan_complete:
                 break
         return handled
 
-    def _handle(self, entries: Sequence[Entry], *, redelivered: bool = False) -> None:
-        """Apply and settle one batch, retrying through outages; effects already taken
-        are remembered so a retry neither repeats nor miscounts them. ``redelivered``:
-        entries delivered before (own pending, retries, claimed), which another consumer
-        may have applied: the store reads their jobs instead of trusting its memory."""
+    def _handle(self, entries: Sequence[Entry]) -> None:
+        """Decide, apply and settle one batch, retrying through outages: decided once
+        (what an outage cut short is in the ledger), then settled, however often Redis
+        fails."""
         started = time.perf_counter()
         tokens = requeues.tokens_to_check(entry.fields for entry in entries)
         records = self._call(lambda: requeues.read_records(self.redis, self.stream.stream, tokens))
         planned = plan_batch(entries, self.settings.limits, records)
-        done: dict[str, tuple[Outcome, str]] = {}
+        decisions = self._call(lambda: decide(planned, self.store, self._ledger))
+        self._log_failures(planned, decisions)
 
-        def apply_and_settle() -> tuple[list[tuple[Planned, Outcome]], list[DeadLetter]]:
-            results, acknowledged, dead = self._apply(planned, done, redelivered)
+        def settle() -> tuple[list[Settled], list[DeadLetter]]:
+            results, acknowledged, dead = self._dispose(planned, decisions)
             self.stream.settle(acknowledged, dead)
             return results, dead
 
-        results, dead = self._call(apply_and_settle)
+        results, dead = self._call(settle)
         self._record(results, dead, time.perf_counter() - started)
 
-    def _apply(
-        self,
-        planned: Sequence[Planned],
-        done: dict[str, tuple[Outcome, str]],
-        redelivered: bool = False,
-    ) -> tuple[list[tuple[Planned, Outcome]], list[str], list[DeadLetter]]:
-        results: list[tuple[Planned, Outcome]] = []
+    def _dispose(
+        self, planned: Sequence[Planned], decisions: Sequence[Decision]
+    ) -> tuple[list[Settled], list[str], list[DeadLetter]]:
+        """What becomes of each entry: acknowledged, dead-lettered, or kept pending."""
+        results: list[Settled] = []
         acknowledged: list[str] = []
         dead: list[DeadLetter] = []
-        self._decide(planned, done, redelivered)
-        for item in planned:
+        for item, (outcome, error) in zip(planned, decisions, strict=True):
             entry_id = item.entry.id
-            outcome, error = done[entry_id]
-            results.append((item, outcome))
+            results.append(Settled(item, outcome))
             if outcome in DEAD_AT_ONCE:
                 dead.append(DeadLetter(item.entry, outcome.value, error, 1, item.origin_id))
             elif outcome in RETRYABLE:
                 deliveries = self.stream.deliveries(entry_id)
-                if self._gives_up(outcome, deliveries, item.entry.id):
+                if self._gives_up(outcome, deliveries, entry_id):
                     reason = f"{outcome.value} after {deliveries} deliveries"
                     if error:
                         reason = f"{reason}: {error}"
                     dead.append(
                         DeadLetter(item.entry, outcome.value, reason, deliveries, item.origin_id)
                     )
-
             else:
                 acknowledged.append(entry_id)
         return results, acknowledged, dead
@@ -417,85 +390,60 @@ class Worker:
             return True
         return entry_age_s(entry_id) >= self.settings.unknown_retry_s
 
-    def _decide(
-        self,
-        planned: Sequence[Planned],
-        done: dict[str, tuple[Outcome, str]],
-        redelivered: bool = False,
-    ) -> None:
-        """Fill ``done`` with every entry's outcome and why: the planner's, or the
-        store's for the events to apply (as one batch when the store can). Only outages
-        and misconfiguration raise; ``done`` keeps what was decided across a retry."""
-        to_apply: list[Planned] = []
-        for item in planned:
-            if item.entry.id in done:
-                continue
-            if item.outcome is not None:
-                done[item.entry.id] = (item.outcome, item.error)
-            else:
-                to_apply.append(item)
-        if not to_apply:
-            return
-        events: list[tuple[Event, StreamPosition]] = [
-            (item.event, item.position)
-            for item in to_apply
-            if item.event is not None and item.position is not None
-        ]
-        if takes_batches(self.store, len(events)):
-            try:
-                outcomes = outcomes_of(self.store, events, redelivered=redelivered)
-            except StoreUnavailable as outage:
-                if outage.outcomes is not None:  # applied, confirmation pending: keep labels
-                    if len(self._labels) > 100_000:
-                        self._labels.clear()
-                    for item, decision in zip(to_apply, outage.outcomes, strict=True):
-                        self._labels[item.entry.id] = decision
-                raise
-            for item, decision in zip(to_apply, outcomes, strict=True):
-                earlier = self._labels.pop(item.entry.id, None)
-                if earlier is not None and decision[0] is Outcome.DUPLICATE:
-                    decision = earlier  # the retry found the write it had applied itself
-                if decision[0] in _FAILED:
-                    self._decided(item, decision, done)
-                else:
-                    done[item.entry.id] = decision
-        else:  # one by one: an outage part-way keeps what was decided before it
-            store = self.store
-            for item, (event, position) in zip(to_apply, events, strict=True):
-                decision = outcome_of(store, event, position)
-                if decision[0] in _FAILED:
-                    self._decided(item, decision, done)
-                else:
-                    done[item.entry.id] = decision
-
     @staticmethod
-    def _decided(
-        item: Planned, decision: tuple[Outcome, str], done: dict[str, tuple[Outcome, str]]
-    ) -> None:
-        outcome, reason = decision
-        if outcome is Outcome.STORE_ERROR:
-            log.error("MongoDB refused an entry", id=item.entry.id, error=reason)
-        elif outcome is Outcome.INTERNAL_ERROR:
-            log.error("handling an entry failed unexpectedly", id=item.entry.id, error=reason)
-        done[item.entry.id] = decision
+    def _log_failures(planned: Sequence[Planned], decisions: Sequence[Decision]) -> None:
+        for item, (outcome, reason) in zip(planned, decisions, strict=True):
+            if outcome not in _FAILED or item.coalesced_into:
+                continue  # an entry that shares a newer one's failure: that one is logged
+            if outcome is Outcome.STORE_ERROR:
+                log.error("MongoDB refused an entry", id=item.entry.id, error=reason)
+            elif item.outcome is None:  # the planner's internal errors are dead-lettered
+                log.error("handling an entry failed unexpectedly", id=item.entry.id, error=reason)
 
     def _record(
-        self,
-        results: Sequence[tuple[Planned, Outcome]],
-        dead: Sequence[DeadLetter],
-        seconds: float,
+        self, results: Sequence[Settled], dead: Sequence[DeadLetter], seconds: float
     ) -> None:
+        """Count, log and tell the observers what became of a settled batch."""
         # Counted by outcome, then by name: one pass in C, not a call to .value per entry.
         tally = Counter([outcome for _item, outcome in results])
         for outcome, count in tally.items():
             self.counts[outcome.value] += count
+        self._log_entries(results, tally, {letter.entry.id for letter in dead})
+        for letter in dead:
+            self.dead_lettered += 1
+            level = log.error if letter.reason == Outcome.INTERNAL_ERROR.value else log.warning
+            level(
+                "entry dead-lettered",
+                id=letter.entry.id,
+                reason=letter.reason,
+                error=letter.error,
+                deliveries=letter.deliveries,
+                dead_stream=self.stream.dead_stream,
+            )
+        trips = self.round_trips - self._round_trips_reported
+        self._round_trips_reported += trips
+        for observer in self.observers:
+            try:
+                observer.batch_settled(results, seconds)
+                if trips:
+                    observer.mongodb_round_trips(trips)
+            except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
+                log.error(
+                    "batch observer failed", observer=type(observer).__name__, error=str(error)
+                )
+
+    def _log_entries(
+        self, results: Sequence[Settled], tally: Counter[Outcome], dead_ids: set[str]
+    ) -> None:
+        """A line per lost entry and per entry kept for a retry (at info the first time);
+        with debug lines on, one per entry."""
         batch_log = log.bind()  # one logger per batch, not per entry: this is the hot path
         enabled_for = getattr(batch_log, "is_enabled_for", None)  # structlog's filtering loggers
         per_entry = enabled_for is None or enabled_for(logging.DEBUG)
         # Without debug lines, only lost and retryable entries have a line of their own.
-        noteworthy = per_entry or any(outcome in _LOGGED_EACH for outcome in tally)
-        dead_ids = {letter.entry.id for letter in dead}
-        for item, outcome in results if noteworthy else ():
+        if not per_entry and not any(outcome in _LOGGED_EACH for outcome in tally):
+            return
+        for item, outcome in results:
             if outcome is Outcome.LOST:
                 batch_log.error(
                     "entry lost: trimmed from the stream while pending", id=item.entry.id
@@ -515,29 +463,6 @@ class Worker:
             elif per_entry:
                 batch_log.debug(
                     "entry handled", id=item.entry.id, outcome=outcome.value, type=item.event_type
-                )
-        for letter in dead:
-            self.dead_lettered += 1
-            level = log.error if letter.reason == Outcome.INTERNAL_ERROR.value else log.warning
-            level(
-                "entry dead-lettered",
-                id=letter.entry.id,
-                reason=letter.reason,
-                error=letter.error,
-                deliveries=letter.deliveries,
-                dead_stream=self.stream.dead_stream,
-            )
-        trips = self.round_trips - self._round_trips_reported
-        self._round_trips_reported += trips
-        for observer in self.observers:
-            try:
-                observer.batch_settled(results, seconds)
-                counted = getattr(observer, "mongodb_round_trips", None)
-                if counted is not None and trips:
-                    counted(trips)
-            except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
-                log.error(
-                    "batch observer failed", observer=type(observer).__name__, error=str(error)
                 )
 
     # -- outages --------------------------------------------------------------------

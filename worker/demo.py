@@ -41,7 +41,7 @@ from pymongo.collection import Collection
 from pymongo.database import Database
 
 from worker.consumer import Worker
-from worker.effects import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
+from worker.document import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.events import CLIENT_METRICS, JOB_STATUS, SERVER_METRICS
 from worker.outcomes import Outcome

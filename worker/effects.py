@@ -19,17 +19,26 @@ guard makes redelivery and reordering harmless:
 :func:`first_write` is the optimistic update for the common case. When it matches
 nothing, the store reads the document and :func:`after_miss` either names the
 outcome (unknown job or client, duplicate, rejected transition) or returns a
-compare-and-set write pinned to the state it saw. A batch decided on remembered state
-rather than a read pins each write to the exact state of the parts it depends on
-(:func:`pinned_to_groups`) and confirms write-less outcomes with a no-op request
-(:func:`check_on_groups`).
+compare-and-set write pinned to the state it saw: a batch decides all its events that
+way, in stream order, on one read of its jobs (:mod:`worker.store`). The document's
+field names and the write's shape are :mod:`worker.document`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Final
 
+from worker.document import (
+    CLIENT_LAST_EVENT,
+    CLIENT_POSITION,
+    SERVER_LAST_EVENT,
+    SERVER_POSITION,
+    STATUS_POSITION,
+    Group,
+    Write,
+    is_number,
+    matching_clients,
+)
 from worker.entities import JobStatus
 from worker.events import (
     ClientMetricsEvent,
@@ -41,48 +50,17 @@ from worker.events import (
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 
-SERVER_POSITION: Final = "server_metrics_position"
-STATUS_POSITION: Final = "status_position"
-CLIENT_POSITION: Final = "metrics_position"
-# Liveness, in stream time (milliseconds since the epoch, as in entry IDs).
-SERVER_LAST_EVENT: Final = "server_last_event_ms"
-CLIENT_LAST_EVENT: Final = "last_event_ms"  # in each clients_info element
 # BSON holds int64: an entry ID's milliseconds can be larger (an explicit XADD ID).
 _INT64_MAX: Final = 2**63 - 1
 
 RUNNING: Final = (JobStatus.NOT_STARTED.value, JobStatus.IN_PROGRESS.value)
 FINISHED: Final = (JobStatus.FINISHED_SUCCESSFULLY.value, JobStatus.FINISHED_WITH_ERROR.value)
 
-# The fields a miss needs to classify an event: never the (large) metrics texts.
-CLASSIFY_PROJECTION: Final = {
-    "status": 1,
-    SERVER_POSITION: 1,
-    STATUS_POSITION: 1,
-    "clients_info.uuid": 1,
-    f"clients_info.{CLIENT_POSITION}": 1,
-    SERVER_LAST_EVENT: 1,
-    f"clients_info.{CLIENT_LAST_EVENT}": 1,
-}
-
 
 def liveness_ms(position: StreamPosition) -> int:
     """The stream time an event stands for: its position's milliseconds (the entry ID's,
     or the vouched ``origin_id``'s), capped to what BSON can store."""
     return min(position.milliseconds, _INT64_MAX)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-@dataclass(frozen=True, slots=True)
-class Write:
-    """One ``update_one``: the filter (``_id`` plus guard) and the update document."""
-
-    filter: dict[str, Any]
-    update: dict[str, Any]
-    outcome: Outcome = Outcome.APPLIED
-    array_filters: list[dict[str, Any]] | None = None
 
 
 def _not_at_or_after(key: str) -> dict[str, Any]:
@@ -242,17 +220,10 @@ def _after_miss_server(
     return Write(guard, _update(to_set, to_unset, to_max))
 
 
-def _matching_clients(document: dict[str, Any], uuid: str | None) -> list[dict[str, Any]]:
-    clients = document.get("clients_info")
-    if not isinstance(clients, list):
-        clients = []  # not a list of clients: no element can match
-    return [c for c in clients if isinstance(c, dict) and c.get("uuid") == uuid]
-
-
 def _after_miss_client(
     event: ClientMetricsEvent, key: str, ms: int, document: dict[str, Any]
 ) -> Outcome | Write:
-    matching = _matching_clients(document, event.client_uuid)
+    matching = matching_clients(document, event.client_uuid)
     if not matching:
         return Outcome.UNKNOWN_CLIENT
     positions = [c.get(CLIENT_POSITION) for c in matching]
@@ -267,11 +238,11 @@ def _after_miss_heartbeat(
     if event.host_type == "server":
         current: list[Any] = [document.get(SERVER_LAST_EVENT)]
     else:
-        matching = _matching_clients(document, event.client_uuid)
+        matching = matching_clients(document, event.client_uuid)
         if not matching:
             return Outcome.UNKNOWN_CLIENT
         current = [c.get(CLIENT_LAST_EVENT) for c in matching]
-    if any(_is_number(value) and value >= ms for value in current):
+    if any(is_number(value) and value >= ms for value in current):
         return Outcome.DUPLICATE
     return _heartbeat_write(event, ms)
 
@@ -346,86 +317,6 @@ def may_be_coalesced(event: Event) -> bool:
     return coalesce_target(event) is not None and not is_finishing(event)
 
 
-def _max_into(container: dict[str, Any], field: str, value: Any) -> None:
-    """``$max`` as MongoDB applies it to the values the worker stores: a missing or null
-    field takes the value, a number the larger, another type (above numbers in BSON's
-    order) stays."""
-    current = container.get(field)
-    if current is None or (_is_number(current) and current < value):
-        container[field] = value
-
-
-def apply_to(document: dict[str, Any], write: Write) -> None:
-    """Apply ``write`` to an in-memory (projected) copy of its document, as MongoDB would:
-    how a batch foresees the state each of its events meets (see
-    :meth:`worker.store.MongoJobStore.apply_batch`). Knows the shapes this module builds:
-    top-level ``$set``/``$unset``, and ``clients_info.$[client].<field>`` with the one
-    array filter on ``client.uuid``."""
-    uuid = (write.array_filters or [{}])[0].get("client.uuid")
-    for operator in ("$set", "$max"):
-        for path, value in write.update.get(operator, {}).items():
-            if path.startswith("clients_info.$[client]."):
-                field = path.removeprefix("clients_info.$[client].")
-                targets = _matching_clients(document, uuid)
-            else:
-                field, targets = path, [document]
-            for target in targets:
-                if operator == "$set":
-                    target[field] = value
-                else:
-                    _max_into(target, field, value)
-    for path in write.update.get("$unset", {}):
-        document.pop(path, None)
-
-
-def projected(document: dict[str, Any]) -> dict[str, Any]:
-    """Only what deciding an event reads (:data:`CLASSIFY_PROJECTION`, the ``_id`` and
-    the server uuid) of a document a batch has played on: not the metrics texts, which
-    may be a MiB each."""
-    kept = {name: document[name] for name in _KEPT if name in document}
-    clients = document.get("clients_info")
-    if isinstance(clients, list):
-        kept["clients_info"] = [
-            {name: member[name] for name in _KEPT_OF_CLIENT if name in member}
-            if isinstance(member, dict)
-            else member
-            for member in clients
-        ]
-    elif "clients_info" in document:
-        kept["clients_info"] = clients
-    return kept
-
-
-_KEPT: Final = ("_id", "server_uuid", *(n for n in CLASSIFY_PROJECTION if "." not in n))
-_KEPT_OF_CLIENT: Final = tuple(
-    n.removeprefix("clients_info.") for n in CLASSIFY_PROJECTION if n.startswith("clients_info.")
-)
-
-
-def classified_state(document: dict[str, Any] | None) -> tuple[Any, ...] | None:
-    """What the guards and the liveness fields hold in a (projected) job document: equal
-    states mean the same decisions for every event. ``None`` for a missing document."""
-    if document is None:
-        return None
-    clients = document.get("clients_info")
-    members = tuple(
-        (member.get("uuid"), member.get(CLIENT_POSITION), member.get(CLIENT_LAST_EVENT))
-        if isinstance(member, dict)
-        else (repr(member),)
-        for member in (clients if isinstance(clients, list) else [])
-    )
-    return (
-        document.get("status"),
-        document.get(SERVER_POSITION),
-        document.get(STATUS_POSITION),
-        document.get(SERVER_LAST_EVENT),
-        members,
-    )
-
-
-Group = tuple[str, ...]
-
-
 def groups_of(event: Event) -> tuple[Group, ...]:
     """The parts of a job document an event's decision reads and its write changes: the
     server target, the status, or one client. Events of different groups never affect
@@ -439,171 +330,3 @@ def groups_of(event: Event) -> tuple[Group, ...]:
     if isinstance(event, ClientMetricsEvent):
         return (("client", event.client_uuid),)
     return (("status",),)
-
-
-def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...] | None:
-    """What ``document`` holds for ``group`` (see :func:`groups_of`)."""
-    if document is None:
-        return None
-    if group[0] == "server":
-        return (document.get(SERVER_POSITION), document.get(SERVER_LAST_EVENT))
-    if group[0] == "status":
-        return (document.get("status"), document.get(STATUS_POSITION))
-    clients = document.get("clients_info")
-    return tuple(
-        (member.get(CLIENT_POSITION), member.get(CLIENT_LAST_EVENT))
-        for member in (clients if isinstance(clients, list) else [])
-        if isinstance(member, dict) and member.get("uuid") == group[1]
-    )
-
-
-def _group_pins(event: Event, document: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Filters matching exactly what ``document`` holds in each part the event reads or
-    changes (:func:`groups_of`), liveness too; ``None`` when a part cannot be pinned
-    exactly (a client uuid held by no element or by more than one, clients that are
-    not objects with distinct uuids)."""
-    pins: list[dict[str, Any]] = []
-    for group in groups_of(event):
-        if group[0] == "server":
-            pins.append(
-                {
-                    SERVER_POSITION: document.get(SERVER_POSITION),
-                    SERVER_LAST_EVENT: document.get(SERVER_LAST_EVENT),
-                }
-            )
-        elif group[0] == "status":
-            pins.append(
-                {"status": document.get("status"), STATUS_POSITION: document.get(STATUS_POSITION)}
-            )
-        else:
-            members = _distinct_members(document)
-            matching = [member for member in members or [] if member["uuid"] == group[1]]
-            if members is None or len(matching) != 1:
-                return None
-            element = {
-                "uuid": group[1],
-                CLIENT_POSITION: matching[0].get(CLIENT_POSITION),
-                CLIENT_LAST_EVENT: matching[0].get(CLIENT_LAST_EVENT),
-            }
-            # The element as remembered, in a list of exactly the remembered uuids, each
-            # once (as many elements as distinct uuids, all present): a client added,
-            # repeated or renamed by another writer makes the write miss.
-            pins.append(
-                {
-                    "clients_info.uuid": {"$all": [member["uuid"] for member in members]},
-                    "clients_info": {"$elemMatch": element, "$size": len(members)},
-                }
-            )
-    return pins
-
-
-def _distinct_members(document: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The ``clients_info`` elements when they are objects with distinct text uuids
-    (what an exact pin needs), else ``None``."""
-    clients = document.get("clients_info")
-    if not isinstance(clients, list):
-        return None
-    uuids = [member.get("uuid") if isinstance(member, dict) else None for member in clients]
-    if not all(isinstance(uuid, str) for uuid in uuids) or len(set(uuids)) != len(uuids):
-        return None
-    return clients
-
-
-def _part_of(path: str) -> str:
-    """Which part of a job document (:func:`groups_of`) a written path belongs to."""
-    if path.startswith("clients_info."):
-        return "client"
-    if path in ("status", STATUS_POSITION, "error_message"):
-        return "status"
-    return "server"
-
-
-_POSITION_FIELDS: Final = {
-    "server": SERVER_POSITION,
-    "status": STATUS_POSITION,
-    "client": f"clients_info.$[client].{CLIENT_POSITION}",
-}
-
-
-def pinned_to_groups(write: Write, event: Event, document: dict[str, Any]) -> Write | None:
-    """``write``, matching only while every part of the document its event reads or
-    changes (:func:`groups_of`) holds exactly what ``document`` holds, liveness too.
-
-    For a write decided on remembered state rather than on a read: if memory was wrong,
-    the write misses (it never applies on a state it was not decided on), and no later
-    write of the same part in the batch can match either (each is pinned to the exact
-    state the one before it leaves), so the writes that took effect are a prefix and the
-    settle read tells exactly which.
-
-    That holds only if no other writer can leave a part exactly as this write would
-    without applying this very entry: so the write must store its entry's position in
-    every part it changes (a position is unique to its entry); a part it only reads
-    (the status, for a finishing snapshot whose finish does not win) it leaves as
-    pinned, like :func:`check_on_groups`. ``None`` otherwise (a
-    heartbeat, the move to ``IN_PROGRESS``, which another writer such as the API can
-    make too) and when a part cannot be pinned exactly: such an event is decided on a
-    read instead."""
-    stored = write.update.get("$set", {})
-    touched = {path for operation in write.update.values() for path in operation}
-    for group in groups_of(event):
-        changes_part = any(_part_of(path) == group[0] for path in touched)
-        if changes_part and _POSITION_FIELDS[group[0]] not in stored:
-            return None
-    pins = _group_pins(event, document)
-    if pins is None:
-        return None
-    return Write(_with_pins(write.filter, pins), write.update, write.outcome, write.array_filters)
-
-
-def _is_operators(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(str(k).startswith("$") for k in value)
-
-
-def _implied(condition: Any, pin: Any) -> bool:
-    """Whether ``pin`` implies ``condition`` on the same path: an equality with one value
-    of an ``$all`` list (some element equals it)."""
-    return (
-        not isinstance(condition, dict)
-        and isinstance(pin, dict)
-        and list(pin) == ["$all"]
-        and condition in pin["$all"]
-    )
-
-
-def _with_pins(query: dict[str, Any], pins: list[dict[str, Any]]) -> dict[str, Any]:
-    """``query`` and every pin, as one flat filter where the names do not clash (the
-    same condition twice, or operators on the same field that can sit side by side),
-    else as an ``$and``: the same documents match either way; the flat form is what a
-    reader expects in a log line, and mongomock-ng evaluates it faster."""
-    merged = dict(query)
-    for pin in pins:
-        for name, condition in pin.items():
-            if name not in merged or merged[name] == condition or _implied(merged[name], condition):
-                merged[name] = condition
-            elif (
-                _is_operators(merged[name])
-                and _is_operators(condition)
-                and not merged[name].keys() & condition.keys()
-            ):
-                merged[name] = {**merged[name], **condition}
-            else:
-                return {"$and": [query, *pins]}
-    return merged
-
-
-def check_on_groups(outcome: Outcome, event: Event, document: dict[str, Any]) -> Write | None:
-    """A write that changes nothing and matches only while the parts of the document an
-    outcome was decided on hold exactly what ``document`` holds: it confirms, in the same
-    ``bulk_write``, an outcome decided on remembered state without a write of its own (a
-    duplicate, a rejected transition), and chains like :func:`pinned_to_groups`. It sets
-    a pinned position or status to the value it is pinned to. ``None`` for a client's
-    part, or when no such field holds a value (setting a missing field is a change)."""
-    pins = _group_pins(event, document)
-    if pins is None or any(group[0] == "client" for group in groups_of(event)):
-        return None
-    for pin in pins:
-        for name in (SERVER_POSITION, "status", STATUS_POSITION):
-            if pin.get(name) is not None:
-                no_change = {"$set": {name: pin[name]}}
-                return Write(_with_pins({"_id": document["_id"]}, pins), no_change, outcome)
-    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Final
+from typing import Final, NamedTuple
 
 
 class Outcome(StrEnum):
@@ -44,3 +44,11 @@ DEAD_AT_ONCE: Final = frozenset(
     {Outcome.INVALID, Outcome.UNSUPPORTED_VERSION, Outcome.INTERNAL_ERROR}
 )
 RETRYABLE: Final = frozenset({Outcome.UNKNOWN_JOB, Outcome.UNKNOWN_CLIENT, Outcome.STORE_ERROR})
+
+
+class Decision(NamedTuple):
+    """An entry's outcome and, for a failure, why (empty otherwise): what the store
+    decides for each event, what a dead letter's ``dead_error`` says."""
+
+    outcome: Outcome
+    error: str = ""

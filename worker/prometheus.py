@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from worker.batch import Planned
 from worker.connections import connect_redis
+from worker.observers import BatchObserver, Settled
 from worker.outcomes import Outcome
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
@@ -185,8 +185,8 @@ def _add_integrity(families: list[GaugeMetricFamily], health: StreamHealth) -> N
     limit.add_metric([], health.ahead_limit_s)
 
 
-class PrometheusObserver:
-    """A :class:`worker.consumer.BatchObserver` that counts into its own registry."""
+class PrometheusObserver(BatchObserver):
+    """A :class:`worker.observers.BatchObserver` that counts into its own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -229,7 +229,7 @@ class PrometheusObserver:
         self.server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
         marker = MARKER_FIELD.encode()
         for item, outcome in results:
             self.events.labels(outcome=outcome.value, type=item.event_type).inc()

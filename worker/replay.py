@@ -3,10 +3,10 @@
 Replay reads the events stream with XRANGE, outside the consumer group: it
 acknowledges nothing, claims nothing and leaves the group's position and pending
 list as they are, so it can run next to live workers. Each entry goes through the
-worker's own code (:func:`worker.batch.plan_entry`, then the store's guarded
-updates, a page at a time in one batch: two MongoDB round trips per page), never
-coalesced, so the guards make a replay idempotent: what the document already holds
-comes back as ``duplicate``.
+worker's own code (:func:`worker.batch.plan_entry`, then
+:func:`worker.decision.decide`, a page at a time in one batch: two MongoDB round trips
+per page), never coalesced, so the guards make a replay idempotent: what the document
+already holds comes back as ``duplicate``.
 
 Bad entries are counted under their outcome (``invalid``, ``unsupported_version``)
 and not dead-lettered: the worker already did that when it first saw them.
@@ -42,19 +42,12 @@ from pymongo.errors import PyMongoError
 from worker import requeues
 from worker.batch import Planned, plan_entry
 from worker.consumer import REDIS_OUTAGES, Backoff
+from worker.decision import Ledger, decide
 from worker.events import Event, Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.settings import Settings
-from worker.store import (
-    JobStore,
-    MongoJobStore,
-    StoreUnavailable,
-    outcome_of,
-    outcomes_of,
-    raise_classified,
-    takes_batches,
-)
+from worker.store import JobStore, MongoJobStore, StoreUnavailable, raise_classified
 from worker.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -249,10 +242,11 @@ class _Replay:
     job: OneJob | None
     patience: _Patience
     report: ReplayReport = field(default_factory=ReplayReport)
+    ledger: Ledger = field(default_factory=Ledger)
 
     def page(self, page: list[tuple[str, dict[Any, Any]]], records: Mapping[str, str]) -> None:
         """Apply one page exactly as the worker would (in one batch, with the same
-        guards), minus coalescing and dead letters."""
+        guards), minus coalescing and dead letters; an outage retries the page whole."""
         planned = []
         for entry_id, fields in page:
             item = plan_entry(Entry(entry_id, fields), self.limits, records)
@@ -262,34 +256,12 @@ class _Replay:
                 planned.append(item)
             else:
                 self.report.skipped += 1
-        to_apply = [item for item in planned if item.outcome is None]
-        items = [
-            (item.event, item.position)
-            for item in to_apply
-            if item.event is not None and item.position is not None
-        ]
-        decided: dict[str, tuple[Outcome, str]] = {}
-        if takes_batches(self.store, len(items), dry_run=self.dry_run):  # resumed whole
-            outcomes = self.patience.call(
-                lambda: outcomes_of(self.store, items, dry_run=self.dry_run, redelivered=True),
-                page[0][0],
-                self.report,
-            )
-            decided = dict(zip((item.entry.id for item in to_apply), outcomes, strict=True))
-        for item in planned:
-            if item.entry.id in decided:
-                outcome, error = decided[item.entry.id]
-            elif item.outcome is None:  # a store without batches: one by one, resumable
-                assert item.event is not None and item.position is not None
-                outcome, error = self.patience.call(
-                    partial(
-                        outcome_of, self.store, item.event, item.position, dry_run=self.dry_run
-                    ),
-                    item.entry.id,
-                    self.report,
-                )
-            else:
-                outcome, error = item.outcome, item.error
+        decisions = self.patience.call(
+            lambda: decide(planned, self.store, self.ledger, dry_run=self.dry_run),
+            page[0][0],
+            self.report,
+        )
+        for item, (outcome, error) in zip(planned, decisions, strict=True):
             self.report.counts[outcome.value] += 1
             if outcome.dead_at_once or outcome is Outcome.STORE_ERROR:
                 log.warning(
@@ -302,9 +274,7 @@ class _Replay:
                 event = item.event
                 job = self.job.job_id if self.job is not None else ":".join(event.identity)
                 self.report.applied_by_job[event.job_id or job] += 1
-            self.report.read += 1
-            self.report.last_id = item.entry.id
-        self.report.read += len(page) - len(planned)  # the skipped ones
+        self.report.read += len(page)
         self.report.last_id = page[-1][0]
 
 

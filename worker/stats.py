@@ -36,7 +36,7 @@ import pymongo
 import redis
 from pymongo.errors import PyMongoError
 
-from worker.effects import SERVER_LAST_EVENT
+from worker.document import SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
 from worker.settings import Settings, redact_url

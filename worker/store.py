@@ -1,12 +1,16 @@
-"""Applying events to MongoDB: the only module of the worker that talks to it.
+"""Applying events to MongoDB: the store seam, and the only module that talks to MongoDB.
 
-:class:`MongoJobStore` runs the writes that :mod:`worker.effects` plans: a batch as one
-ordered ``bulk_write`` (after one projected read of its jobs, or none when it can decide
-on what it remembers of them, :mod:`worker.remembered`), or one guarded ``update_one``
-per event, checked by ``assert_updated_successfully``, with a projected read only when
-it matched nothing. Failures are classified in
-one place (:mod:`worker.mongo_failures`) and raised as what the consume loop acts on:
-:class:`StoreUnavailable` (an outage: back off, acknowledge nothing),
+:class:`JobStore` is everything the consume loop, replay and a dry run need from a
+database: decide (and apply) a batch of events, answer a ping, check its
+configuration, count its round trips. :class:`MongoJobStore` is the real one: a batch is
+one projected read of its jobs and one ordered ``bulk_write`` of the guarded updates
+:mod:`worker.effects` builds for it (a miss costs a settle: two more), or, when batched
+writes are off or the batch is small, one guarded ``update_one`` per event, checked by
+``assert_updated_successfully``, with a projected read only when it matched nothing.
+Whether a batch goes as one or one by one is decided here and nowhere else.
+
+Failures are classified in one place (:mod:`worker.mongo_failures`) and raised as what
+the loop acts on: :class:`StoreUnavailable` (an outage: back off, acknowledge nothing),
 :class:`StoreRejected` (MongoDB refused this one write: the entry's ``store_error``),
 :class:`UnencodableEntry` (the entry's ``invalid``) or
 :class:`worker.errors.Misconfigured` (stop with one line).
@@ -15,10 +19,11 @@ one place (:mod:`worker.mongo_failures`) and raised as what the consume loop act
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple
 
 import bson
 import redis
@@ -36,14 +41,14 @@ from pymongo.errors import (
 )
 
 from worker import effects
+from worker.document import CLASSIFY_PROJECTION, Group, Write, apply_to, group_state
 from worker.entities import JOB_COLLECTION, assert_updated_successfully
 from worker.errors import Misconfigured
 from worker.events import Event
 from worker.memorydb import EmulatedBulk, has_native_bulk_write
 from worker.mongo_failures import Failure, classify, describe, misconfiguration_hint
-from worker.outcomes import Outcome
+from worker.outcomes import Decision, Outcome
 from worker.positions import StreamPosition
-from worker.remembered import RememberedJobs
 
 log = structlog.get_logger(__name__)
 
@@ -71,16 +76,25 @@ BATCHED_FROM: Final = 3
 PASS_THROUGH: Final = (redis.ConnectionError, redis.TimeoutError)
 
 
+class Placed(NamedTuple):
+    """An event and where it stands in the stream (its entry ID, or a vouched origin)."""
+
+    event: Event
+    position: StreamPosition
+
+
 class StoreUnavailable(Exception):
     """MongoDB did not answer: transient, retry later, acknowledge nothing.
 
-    ``outcomes``, when set, are the batch's outcomes as MongoDB took them before it
-    failed (a write concern not confirmed after every write of a bulk was applied): the
-    retry re-sends the writes, for durability, and may report them by these labels."""
+    ``decided`` are the outcomes of the batch's first events as MongoDB took them before
+    it failed (every write of a bulk applied but its write concern not confirmed; the
+    events applied one by one before the outage). The retry sends them again (the
+    guards make that a no-op unless they were rolled back) and reports an event it then
+    finds already there by its label here (:class:`worker.decision.Ledger`)."""
 
-    def __init__(self, message: str, outcomes: list[tuple[Outcome, str]] | None = None) -> None:
+    def __init__(self, message: str, decided: Sequence[Decision] = ()) -> None:
         super().__init__(message)
-        self.outcomes = outcomes
+        self.decided = list(decided)
 
 
 class StoreRejected(Exception):
@@ -108,113 +122,105 @@ def raise_classified(error: BaseException) -> None:
     raise StoreRejected(message) from error
 
 
-class JobStore(Protocol):
-    """Where events take effect; the worker needs nothing else from a database."""
+class JobStore(ABC):
+    """Where events take effect: everything the consume loop, replay and a dry run use.
 
+    A store implements :meth:`apply` (one event) and :meth:`ping`; the rest has a
+    default: :meth:`apply_batch` one event at a time, no configuration to check, no
+    collection to watch, no round trips counted.
+    """
+
+    # MongoDB round trips made to apply events (reads, updates, bulks): the figure a
+    # modelled network multiplies. Pings and start-up checks are not counted.
+    round_trips: int = 0
+
+    @abstractmethod
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
-        """Apply one event (or, with ``dry_run``, only decide its outcome)."""
-        ...
+        """Apply one event (with ``dry_run``, only decide its outcome). Raises
+        :class:`StoreRejected`, :class:`UnencodableEntry` for the entry's fault."""
 
+    @abstractmethod
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` when the database does not answer."""
-        ...
 
+    def apply_batch(self, items: Sequence[Placed], *, dry_run: bool = False) -> list[Decision]:
+        """Every event's decision, in order, as if applied one by one in stream order.
+        Only an outage (:class:`StoreUnavailable`) or :class:`Misconfigured` raises."""
+        return self.one_by_one(items, dry_run=dry_run)
 
-def outcome_of(
-    store: JobStore, event: Event, position: StreamPosition, *, dry_run: bool = False
-) -> tuple[Outcome, str]:
-    """One event's outcome, and why when it failed; never raises for the entry's sake.
+    def check_configuration(self) -> None:
+        """Raise :class:`Misconfigured` for a configuration the worker cannot work with."""
+        return
 
-    Only an outage (:class:`StoreUnavailable`) or :class:`Misconfigured` propagate: a
-    refusal is ``store_error``, an unencodable update ``invalid``, and anything
-    unforeseen ``internal_error`` with the exception named, so that one entry can
-    never stop the worker.
-    """
-    try:
-        return store.apply(event, position, dry_run=dry_run), ""
-    except StoreRejected as error:
-        return Outcome.STORE_ERROR, str(error)
-    except UnencodableEntry as error:
-        return Outcome.INVALID, str(error)
-    except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
-        raise
-    except Exception as error:  # noqa: BLE001 (last resort: the entry, not the worker, fails)
-        return Outcome.INTERNAL_ERROR, f"{type(error).__name__}: {error}"
+    def watched_collection(self) -> Collection[Any] | None:
+        """The job collection the watchdog scans (``None``: no watchdog)."""
+        return None
 
+    def one_by_one(self, items: Sequence[Placed], *, dry_run: bool = False) -> list[Decision]:
+        """:meth:`decide_one` for each event; an outage part-way carries the decisions
+        made before it (:attr:`StoreUnavailable.decided`)."""
+        decided: list[Decision] = []
+        for event, position in items:
+            try:
+                decided.append(self.decide_one(event, position, dry_run=dry_run))
+            except StoreUnavailable as outage:
+                outage.decided = outage.decided or decided
+                raise
+        return decided
 
-def takes_batches(store: JobStore, count: int, *, dry_run: bool = False) -> bool:
-    """Whether ``count`` events go to ``store`` as one batch (else one by one). A dry
-    run of a batching store always plays the events together, as a real run would."""
-    return (
-        hasattr(store, "apply_batch")
-        and bool(getattr(store, "batched", True))
-        and (count >= BATCHED_FROM or dry_run)
-    )
+    def decide_one(
+        self, event: Event, position: StreamPosition, *, dry_run: bool = False
+    ) -> Decision:
+        """One event's decision; never raises for the entry's sake.
 
-
-def outcomes_of(
-    store: JobStore,
-    items: Sequence[tuple[Event, StreamPosition]],
-    *,
-    dry_run: bool = False,
-    redelivered: bool = False,
-) -> list[tuple[Outcome, str]]:
-    """Every event's outcome, in order: in one batch when the store can
-    (``apply_batch``), else one by one. Like :func:`outcome_of`, only an outage or
-    :class:`Misconfigured` raises; a batch that fails otherwise is decided entry by
-    entry, so that each entry gets its own last-resort guard."""
-    apply_batch = getattr(store, "apply_batch", None)
-    if apply_batch is not None and items:
+        Only an outage (:class:`StoreUnavailable`) or :class:`Misconfigured` propagate: a
+        refusal is ``store_error``, an unencodable update ``invalid``, and anything
+        unforeseen ``internal_error`` with the exception named, so that one entry can
+        never stop the worker.
+        """
         try:
-            return list(apply_batch(items, dry_run=dry_run, redelivered=redelivered))
+            return Decision(self.apply(event, position, dry_run=dry_run))
+        except StoreRejected as error:
+            return Decision(Outcome.STORE_ERROR, str(error))
+        except UnencodableEntry as error:
+            return Decision(Outcome.INVALID, str(error))
         except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
             raise
-        except Exception as failure:  # noqa: BLE001 (then each entry gets its own guard)
-            log.error("batched apply failed: applying entry by entry", error=str(failure))
-    return [outcome_of(store, event, position, dry_run=dry_run) for event, position in items]
-
-
-def check_configuration(store: JobStore) -> None:
-    """Refuse a configuration the worker cannot work with (stores that can tell)."""
-    check = getattr(store, "check_configuration", None)
-    if check is not None:
-        check()
+        except Exception as error:  # noqa: BLE001 (last resort: the entry, not the worker, fails)
+            return Decision(Outcome.INTERNAL_ERROR, f"{type(error).__name__}: {error}")
 
 
 @dataclass
 class _Played:
-    """A batch decided in memory: every entry's outcome, the writes to send (with their
-    entry's index), the entries that reached a job, the documents as the writes leave
-    them, and the jobs whose write-less outcomes came from memory (to be read)."""
+    """A batch decided in memory: every entry's decision, the writes to send (with their
+    entry's index), the entries that reached a job, and the documents as the writes
+    leave them."""
 
     documents: dict[str, dict[str, Any]]
-    results: list[tuple[Outcome, str]] = field(default_factory=list)
-    writes: list[tuple[int, Event, StreamPosition, effects.Write]] = field(default_factory=list)
+    results: list[Decision] = field(default_factory=list)
+    writes: list[tuple[int, Event, StreamPosition, Write]] = field(default_factory=list)
     decided: list[tuple[int, Event, StreamPosition]] = field(default_factory=list)
-    doubted: set[str] = field(default_factory=set)
 
 
-class MongoJobStore:
+class MongoJobStore(JobStore):
     """Job documents in a pymongo ``Database`` (or mongomock-ng's in-memory one)."""
 
     def __init__(self, database: Database[Any], *, batched: bool = True) -> None:
         self.database = database
         self.collection: Collection[Any] = database[JOB_COLLECTION]
         self.batched = batched
-        # MongoDB round trips made to apply events (reads, updates, bulks): the figure a
-        # modelled network multiplies. Pings and start-up checks are not counted.
         self.round_trips = 0
         self._bulk: Any = (
             self.collection
             if has_native_bulk_write(self.collection)
             else EmulatedBulk(self.collection)
         )
-        self._batches = 0
         # uuid -> job _id. A uuid never moves to another job, so what was found once is
         # kept (bounded: the oldest half is dropped when full); a miss is never cached.
         self._jobs_by_uuid: dict[tuple[str, str], str] = {}
-        # Each job as the last fully matched batch left it: lets a batch skip its read.
-        self._remembered = RememberedJobs()
+
+    def watched_collection(self) -> Collection[Any] | None:
+        return self.collection
 
     def resolve(self, event: Event) -> str | None:
         """The ``_id`` of the event's job: its ``job_id``, or the job whose server (or
@@ -303,8 +309,6 @@ class MongoJobStore:
             if job_id is None:
                 return Outcome.UNKNOWN_JOB  # the API has not stored this uuid yet
             event = event.with_job(job_id)
-        if not dry_run:
-            self._remembered.forget([str(event.job_id)])  # written outside a batch
         write = None if dry_run else effects.first_write(event, position)
         seen: dict[str, Any] | bool | None = False  # the document the last write was built on
         for _ in range(MAX_WRITE_ATTEMPTS):
@@ -317,7 +321,7 @@ class MongoJobStore:
                     assert_updated_successfully(result)
                     return write.outcome
             self.round_trips += 1
-            document = self.collection.find_one({"_id": event.job_id}, effects.CLASSIFY_PROJECTION)
+            document = self.collection.find_one({"_id": event.job_id}, CLASSIFY_PROJECTION)
             decision = effects.after_miss(event, position, document)
             if isinstance(decision, Outcome):
                 return decision
@@ -340,23 +344,13 @@ class MongoJobStore:
 
     # -- a batch in one or two round trips -----------------------------------------------
 
-    def apply_batch(
-        self,
-        items: Sequence[tuple[Event, StreamPosition]],
-        *,
-        dry_run: bool = False,
-        redelivered: bool = False,
-    ) -> list[tuple[Outcome, str]]:
-        """Each event's outcome (and why, for a failure), in order, as :func:`outcome_of`
-        would give them one by one, in one or two MongoDB round trips for the batch when no
-        other writer changed its jobs (a settle adds two more).
+    def apply_batch(self, items: Sequence[Placed], *, dry_run: bool = False) -> list[Decision]:
+        """Each event's decision, in order, as :meth:`decide_one` would give them one by
+        one, in two MongoDB round trips for the batch when no other writer changed its
+        jobs (a settle adds two more); one by one when batched writes are off or the batch
+        is smaller than :data:`BATCHED_FROM` (a dry run always plays the batch together).
 
-        1. One projected read of every job the batch names (by ``_id`` or by uuid),
-           except the jobs remembered as the store's last fully matched batch left them
-           (:mod:`worker.remembered`): a batch of remembered jobs is one round trip.
-           ``redelivered`` batches (entries another consumer may have applied already:
-           claimed, retried, replayed) are always read, since memory cannot know what
-           another writer did with the very same entries.
+        1. One projected read of every job the batch names (by ``_id`` or by uuid).
         2. The batch is played in memory against those documents, in stream order, with
            the same classification as after a miss (:func:`worker.effects.after_miss`):
            each event's outcome is decided, and each event that changes its document
@@ -364,53 +358,41 @@ class MongoJobStore:
         3. One ordered ``bulk_write`` of those writes. When every write matched (no
            other writer touched those jobs in between), every outcome stands.
 
-        Otherwise one more read shows which writes took effect; the other entries go
-        through the one-by-one path (:meth:`_settle_misses`). An entry whose
-        write MongoDB refuses is its own ``store_error``; outages and misconfiguration
-        raise for the whole batch, as in :meth:`apply`.
+        Otherwise one more read shows which writes took effect, and the other entries
+        are decided again (:meth:`_settle_misses`). An entry whose write MongoDB refuses
+        is its own ``store_error``; outages and misconfiguration raise for the whole
+        batch, as in :meth:`apply`; a batch that fails otherwise is decided one by one,
+        so that each entry gets its own last-resort guard.
         """
         if not self.batched or (len(items) < BATCHED_FROM and not dry_run):
-            return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
+            return self.one_by_one(items, dry_run=dry_run)
         try:
-            # A dry run has no bulk to confirm what it decided: it always reads.
-            return self._apply_batch(items, dry_run, use_memory=not (redelivered or dry_run))
+            return self._apply_batch(items, dry_run)
+        except (StoreUnavailable, Misconfigured, *PASS_THROUGH):
+            raise
         except (PyMongoError, *ENCODING_ERRORS) as error:
-            if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
+            if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED):
                 raise_classified(error)
-            log.warning(
-                "batched write refused: applying the batch entry by entry", error=describe(error)
-            )
-            return [outcome_of(self, event, position, dry_run=dry_run) for event, position in items]
+            log.warning("batched write refused: one by one", error=describe(error))
+        except Exception as error:  # noqa: BLE001 (then each entry gets its own guard)
+            log.error("batched apply failed: applying entry by entry", error=str(error))
+        return self.one_by_one(items, dry_run=dry_run)
 
-    def _documents_of(
-        self, events: Sequence[Event], use_memory: bool
-    ) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """The projected documents of every job the events name, and which of them come
-        from memory (:mod:`worker.remembered`) rather than this batch's read. At most one
-        round trip: none when every job is remembered and memory is trusted."""
+    def _documents_of(self, events: Sequence[Event]) -> dict[str, dict[str, Any]]:
+        """The projected documents of every job the events name, in one read."""
         ids: set[str] = set()
         servers: set[str] = set()
         clients: set[str] = set()
-        documents: dict[str, dict[str, Any]] = {}
         for event in events:
             kind, name = event.identity
             job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
             if job_id is not None:
-                remembered = self._remembered.usable(job_id) if use_memory else None
-                if remembered is not None:
-                    documents[job_id] = remembered
-                else:
-                    ids.add(job_id)
+                ids.add(job_id)
             elif kind == "server_uuid":
                 servers.add(name)
             else:
                 clients.add(name)
-        from_memory = set(documents)
-        if ids or servers or clients:
-            read = self._read_jobs(ids, servers, clients)
-            self._remembered.compare({job_id: read.get(job_id) for job_id in ids})
-            documents.update(read)
-        return documents, from_memory
+        return self._read_jobs(ids, servers, clients) if ids or servers or clients else {}
 
     def _read_jobs(
         self,
@@ -425,7 +407,7 @@ class MongoJobStore:
             either.append({"server_uuid": {"$in": sorted(servers)}})
         if clients:
             either.append({"clients_info.uuid": {"$in": sorted(clients)}})
-        projection = {**effects.CLASSIFY_PROJECTION, "server_uuid": 1}
+        projection = {**CLASSIFY_PROJECTION, "server_uuid": 1}
         self.round_trips += 1
         documents: dict[str, dict[str, Any]] = {}
         found = list(self.collection.find({"$or": either}, projection))
@@ -444,114 +426,61 @@ class MongoJobStore:
 
     def _apply_batch(
         self,
-        items: Sequence[tuple[Event, StreamPosition]],
+        items: Sequence[Placed],
         dry_run: bool,
-        *,
-        use_memory: bool,
         depth: int = 0,
         read: Mapping[str, dict[str, Any]] | None = None,
-    ) -> list[tuple[Outcome, str]]:
-        if read is None:
-            as_read, from_memory = self._documents_of(
-                [event for event, _position in items], use_memory
-            )
-        else:  # just read by a settle: the jobs as they are
-            as_read, from_memory = dict(read), set()
-        played = self._play(items, as_read, from_memory)
-        if played.doubted:
-            # Outcomes that write nothing are never taken from memory: read those jobs.
-            read = self._read_jobs(played.doubted)
-            if any(
-                effects.classified_state(read.get(job_id))
-                != effects.classified_state(as_read[job_id])
-                for job_id in played.doubted
-            ):
-                self._remembered.proved_wrong()
-            for job_id in played.doubted:
-                as_read.pop(job_id, None)
-            as_read.update(read)
-            from_memory -= played.doubted
-            played = self._play(items, as_read, from_memory)
-        if dry_run:
-            return played.results
-        jobs = {str(event.job_id) for _index, event, _position in played.decided}
-        left = {
-            job_id: effects.projected(played.documents[job_id])
-            for job_id in jobs
-            if job_id in played.documents
-        }
-        if not played.writes:
-            self._remembered.remember(left)
-            return played.results
-        self._remembered.forget(jobs)  # until the bulk is known to have matched
-        if self._write_batch(played.writes, played.results, played.decided, as_read, depth):
-            self._remembered.remember(left)
-        elif jobs & from_memory:
-            self._remembered.proved_wrong()
+    ) -> list[Decision]:
+        """Read (unless a settle just did: ``read``), play, write; see :meth:`apply_batch`."""
+        as_read = (
+            self._documents_of([event for event, _position in items]) if read is None else read
+        )
+        played = self._play(items, as_read)
+        if not dry_run and played.writes:
+            self._write_batch(played.writes, played.results, played.decided, as_read, depth)
         return played.results
 
-    def _play(
-        self,
-        items: Sequence[tuple[Event, StreamPosition]],
-        as_read: Mapping[str, dict[str, Any]],
-        from_memory: set[str],
-    ) -> _Played:
+    def _play(self, items: Sequence[Placed], as_read: Mapping[str, dict[str, Any]]) -> _Played:
         """Decide every event in stream order against copies of ``as_read``, as after a
         miss (:func:`worker.effects.after_miss`); each event that changes its document
         becomes a write pinned to the state it was decided on."""
-        documents = copy.deepcopy(dict(as_read))
-        played = _Played(documents=documents)
+        played = _Played(documents=copy.deepcopy(dict(as_read)))
         for index, (event, position) in enumerate(items):
             kind, name = event.identity
             job_id = name if kind == "job_id" else self._jobs_by_uuid.get((kind, name))
             if job_id is None:
-                played.results.append((Outcome.UNKNOWN_JOB, ""))
+                played.results.append(Decision(Outcome.UNKNOWN_JOB))
                 continue
             resolved = event if event.job_id is not None else event.with_job(job_id)
             played.decided.append((index, resolved, position))
-            document = documents.get(job_id)
-            decision = effects.after_miss(resolved, position, document)
+            job = played.documents.get(job_id)
+            decision = effects.after_miss(resolved, position, job)
             if isinstance(decision, Outcome):
-                check = None
-                if job_id in from_memory and document is not None:
-                    # Decided on memory: confirmed by a no-op write in the bulk, or read.
-                    check = effects.check_on_groups(decision, resolved, document)
-                    if check is None:
-                        played.doubted.add(job_id)
-                played.results.append((decision, ""))
-                if check is not None:
-                    played.writes.append((index, resolved, position, check))
+                played.results.append(Decision(decision))
                 continue
             try:
                 bson.encode(decision.filter)
                 bson.encode(decision.update)
             except ENCODING_ERRORS as error:
-                played.results.append(
-                    (Outcome.INVALID, f"the update cannot be encoded as BSON: {error}")
-                )
+                message = f"the update cannot be encoded as BSON: {error}"
+                played.results.append(Decision(Outcome.INVALID, message))
                 continue
-            assert document is not None  # after_miss decides UNKNOWN_JOB for a missing job
-            if job_id in from_memory:
-                pinned = effects.pinned_to_groups(decision, resolved, document)
-                if pinned is None:
-                    played.doubted.add(job_id)
-                else:
-                    decision = pinned
-            effects.apply_to(document, decision)
-            played.results.append((decision.outcome, ""))
+            assert job is not None  # after_miss decides UNKNOWN_JOB for a missing job
+            apply_to(job, decision)
+            played.results.append(Decision(decision.outcome))
             played.writes.append((index, resolved, position, decision))
         return played
 
     def _write_batch(
         self,
-        planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
-        results: list[tuple[Outcome, str]],
+        planned: Sequence[tuple[int, Event, StreamPosition, Write]],
+        results: list[Decision],
         decided: Sequence[tuple[int, Event, StreamPosition]],
         as_read: Mapping[str, dict[str, Any]],
         depth: int = 0,
-    ) -> bool:
-        """Send the writes as one ordered ``bulk_write``; ``True`` when every one matched
-        (every outcome stands), else the batch is settled (:meth:`_settle_misses`)."""
+    ) -> None:
+        """Send the writes as one ordered ``bulk_write``: when every one matched, every
+        outcome stands; else the batch is settled (:meth:`_settle_misses`)."""
         requests = [
             UpdateOne(
                 write.filter,
@@ -565,7 +494,7 @@ class MongoJobStore:
         try:
             result = self._bulk.bulk_write(requests, ordered=True)
             if int(result.matched_count) == len(requests):
-                return True
+                return
         except BulkWriteError as error:
             concern = error.details.get("writeConcernErrors") or []
             if concern and not error.details.get("writeErrors"):
@@ -580,7 +509,7 @@ class MongoJobStore:
                     # Every write was applied but not confirmed as asked: retry (the
                     # guards make it a no-op unless they were rolled back), and keep
                     # the labels they were applied under.
-                    outage.outcomes = list(results) if ran_all else None
+                    outage.decided = list(results) if ran_all and depth == 0 else []
                     raise
             for failure in concern:
                 raise_classified(
@@ -592,13 +521,12 @@ class MongoJobStore:
                     raise_classified(problem)
                 refused[int(failure["index"])] = describe(problem)
         self._settle_misses(planned, refused, results, decided, as_read, depth)
-        return False
 
     def _settle_misses(
         self,
-        planned: Sequence[tuple[int, Event, StreamPosition, effects.Write]],
+        planned: Sequence[tuple[int, Event, StreamPosition, Write]],
         refused: dict[int, str],
-        results: list[tuple[Outcome, str]],
+        results: list[Decision],
         decided: Sequence[tuple[int, Event, StreamPosition]],
         as_read: Mapping[str, dict[str, Any]],
         depth: int = 0,
@@ -620,24 +548,22 @@ class MongoJobStore:
         self.round_trips += 1
         now = {
             str(document["_id"]): document
-            for document in self.collection.find(
-                {"_id": {"$in": jobs}}, effects.CLASSIFY_PROJECTION
-            )
+            for document in self.collection.find({"_id": {"$in": jobs}}, CLASSIFY_PROJECTION)
         }
-        writes: dict[tuple[str, effects.Group], list[tuple[int, int, effects.Write]]] = {}
+        writes: dict[tuple[str, Group], list[tuple[int, int, Write]]] = {}
         for number, (index, event, _position, write) in enumerate(planned):
             for group in effects.groups_of(event):
                 writes.setdefault((str(event.job_id), group), []).append((number, index, write))
-        redo_from: dict[tuple[str, effects.Group], int] = {}
+        redo_from: dict[tuple[str, Group], int] = {}
         for (job_id, group), group_writes in writes.items():
             simulated = copy.deepcopy(as_read.get(job_id) or {})
-            states = [effects.group_state(simulated, group)]
+            states = [group_state(simulated, group)]
             for number, _index, write in group_writes:
                 if number >= stop:
                     break
-                effects.apply_to(simulated, write)
-                states.append(effects.group_state(simulated, group))
-            current = effects.group_state(now.get(job_id), group)
+                apply_to(simulated, write)
+                states.append(group_state(simulated, group))
+            current = group_state(now.get(job_id), group)
             took = max((k for k, state in enumerate(states) if state == current), default=0)
             if took < len(group_writes):
                 redo_from[(job_id, group)] = group_writes[took][1]
@@ -650,7 +576,7 @@ class MongoJobStore:
             ):
                 continue
             if index in refused_at:
-                results[index] = (Outcome.STORE_ERROR, refused_at[index])
+                results[index] = Decision(Outcome.STORE_ERROR, refused_at[index])
             else:
                 redo.append((index, event, position))
         self._decide_again(redo, results, depth, now)
@@ -658,7 +584,7 @@ class MongoJobStore:
     def _decide_again(
         self,
         redo: Sequence[tuple[int, Event, StreamPosition]],
-        results: list[tuple[Outcome, str]],
+        results: list[Decision],
         depth: int,
         now: Mapping[str, dict[str, Any]],
     ) -> None:
@@ -666,17 +592,17 @@ class MongoJobStore:
         as a batch of their own, played on the settle's read (one bulk, however many
         there are), or one by one when they are few or settling keeps finding other
         writers in the way."""
-        items = [(event, position) for _index, event, position in redo]
-        again: list[tuple[Outcome, str]] | None = None
+        items = [Placed(event, position) for _index, event, position in redo]
+        again: list[Decision] | None = None
         if len(items) >= BATCHED_FROM and depth < MAX_SETTLE_DEPTH:
             try:
-                again = self._apply_batch(items, False, use_memory=False, depth=depth + 1, read=now)
+                again = self._apply_batch(items, False, depth + 1, now)
             except (PyMongoError, *ENCODING_ERRORS) as error:
                 if classify(error) in (Failure.OUTAGE, Failure.MISCONFIGURED, None):
                     raise_classified(error)
                 log.warning("settling as a batch refused: one by one", error=describe(error))
         if again is None:
-            again = [outcome_of(self, event, position) for event, position in items]
+            again = [self.decide_one(event, position) for event, position in items]
         for (index, _event, _position), outcome in zip(redo, again, strict=True):
             results[index] = outcome
 
@@ -687,22 +613,16 @@ class MongoJobStore:
             raise StoreUnavailable(describe(error)) from error
 
 
-class NullStore:
+class NullStore(JobStore):
     """Writes nothing and calls every event applied: isolates the Redis and validation
     cost in the benchmark."""
 
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         return Outcome.APPLIED
 
-    def apply_batch(
-        self,
-        items: Sequence[tuple[Event, StreamPosition]],
-        *,
-        dry_run: bool = False,
-        redelivered: bool = False,
-    ) -> list[tuple[Outcome, str]]:
+    def apply_batch(self, items: Sequence[Placed], *, dry_run: bool = False) -> list[Decision]:
         """A batch as the worker hands it to a real store (one call), every event applied."""
-        return [(Outcome.APPLIED, "")] * len(items)
+        return [Decision(Outcome.APPLIED)] * len(items)
 
     def ping(self) -> None:
         return None

@@ -50,7 +50,7 @@ from florist_events import EventPublisher, status_fields
 from pymongo.errors import PyMongoError
 
 from worker.cluster import CLUSTER_OUTAGES
-from worker.effects import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
+from worker.document import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
 from worker.entities import JobStatus
 from worker.positions import StreamPosition
 from worker.settings import Settings

@@ -1,9 +1,8 @@
-"""Review tests of the write path (batch planning, the store's batch writes, remembered
-state), kept apart while the write path is redesigned (issue 20): the lead decides at merge
-which of them the new write path keeps. Moved unchanged in body from
-test_review_adversarial.py and test_review_memory.py; each is named for what it asserts.
+"""The outcome a batch reports for each entry: as one-by-one would report it, through a
+refused write in the bulk, a write concern timeout, an outage part-way, a concurrent
+finish, odd stored uuids, and a client duplicated between batches.
 
-One test is ``xfail(strict=True)``: a known limit the README names (known gaps).
+One test is ``xfail(strict=True)``: a known limit CONTRIBUTING.md names (known gaps).
 """
 
 from __future__ import annotations
@@ -242,7 +241,7 @@ class _AfterBulk:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known limit (README, known gaps): after a partly matched bulk, the settle "
+    reason="known limit (CONTRIBUTING.md, known gaps): after a partly matched bulk, the settle "
     "read cannot tell a write that matched and was then superseded by another worker "
     "from one that missed; it is decided again and counted duplicate (effects exact)",
 )
@@ -301,11 +300,11 @@ def test_a_repeated_server_uuid_resolves_to_the_same_job_batched_or_not():
     assert run(batched=True) == run(batched=False)  # today l vs k
 
 
-# ------------------------------------------ remembered state (worker/remembered.py)
+# ------------------------------------------ batches after other writers
 #
-# The batched store with memory must end as applying the same events one at a time
-# (MongoJobStore(db, batched=False).apply) would, and remember no more than it says;
-# tests/test_remembered.py holds the property that searches for the class.
+# A batch must end as applying the same events one at a time
+# (MongoJobStore(db, batched=False).apply) would; tests/test_batched_writes.py holds the
+# property that searches for the class.
 
 SAMPLE_JOB = load_job_document()
 JOB_ID = SAMPLE_JOB["_id"]
@@ -431,36 +430,3 @@ def test_a_dry_run_batch_on_memory_reports_what_one_by_one_reports():
     got = _outcomes(store.apply_batch(later, dry_run=True))
 
     assert got == expected
-
-
-def test_a_remembered_job_holds_no_metrics_text():
-    """RememberedJobs held each job as _play left it, with every $set value in it: the
-    server's and every client's whole metrics text (up to 1 MiB each, x 10,000 jobs),
-    not "the small projection, no metrics" (fixed: effects.projected)."""
-    database = _sample_database()
-    store = MongoJobStore(database)
-    big = {"history": ["x" * 1000] * 200}  # a 200 KB snapshot (entries may be up to 1 MiB)
-    server = parse_entry(
-        {"v": "1", "type": "server.metrics", "job_id": JOB_ID, "metrics": json.dumps(big)}
-    )
-    client = parse_entry(
-        {
-            "v": "1",
-            "type": "client.metrics",
-            "job_id": JOB_ID,
-            "client_uuid": CLIENTS[0],
-            "metrics": json.dumps(big),
-        }
-    )
-    store.apply_batch(
-        [
-            (server, StreamPosition(10, 0)),
-            (client, StreamPosition(11, 0)),
-            (_sample_client(CLIENTS[1], 1), StreamPosition(12, 0)),
-        ]
-    )
-
-    remembered = store._remembered.usable(JOB_ID)
-    assert remembered is not None  # the batch matched: the job is remembered
-    size = len(json.dumps(remembered, default=str))
-    assert size < 4096, f"one remembered job holds {size} bytes: {sorted(remembered)}"
