@@ -138,6 +138,7 @@ _collector = _CollectorTuning()
 
 _LOGGED_EACH = RETRYABLE | {Outcome.LOST}
 _FAILED = frozenset({Outcome.STORE_ERROR, Outcome.INTERNAL_ERROR})  # logged by _decided
+_NAMES = {"job_id", "server_uuid", "client_uuid"}  # how an entry names its job and host
 
 
 class Stopping(Exception):
@@ -510,7 +511,12 @@ class Worker:
                     "entry kept pending for a retry",
                     id=item.entry.id,
                     outcome=outcome.value,
-                    job_id=item.event.job_id if item.event else None,
+                    # What it waits for: the job's id, or the server's or client's uuid.
+                    **(
+                        item.event.model_dump(include=_NAMES, exclude_none=True)
+                        if item.event
+                        else {}
+                    ),
                 )
             elif per_entry:
                 batch_log.debug(
