@@ -339,7 +339,7 @@ def test_watch_json_refreshes_until_ctrl_c(real_redis: redis.Redis, redis_url: s
         real_redis, settings_for(redis_url), 1.5, as_json=True, out=out, sleep=sleep
     )
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert sleep.calls == [1.5, 1.5, 1.5]
     lengths = [json.loads(line)["length"] for line in out.getvalue().splitlines()]
     assert lengths == [0, 1, 2]
@@ -355,7 +355,7 @@ def test_watch_text_blocks_are_separated_when_not_a_terminal(
     )
 
     text = out.getvalue()
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert stats_command.CLEAR_SCREEN not in text
     assert text.count(f"stream {STREAM}: missing") == 2
     assert "\n\n" in text
@@ -369,7 +369,7 @@ def test_watch_keeps_going_when_redis_fails(capsys: pytest.CaptureFixture[str]) 
 
     code = stats_command.watch(client, settings_for(url), 1, as_json=True, out=out, sleep=sleep)
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert len(sleep.calls) == 2
     assert out.getvalue() == ""
     assert capsys.readouterr().err.count("did not answer") == 2
@@ -747,7 +747,7 @@ def test_watch_shows_the_jobs_at_every_refresh(
         database=database,
     )
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     snapshots = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [[job["job_id"] for job in s["jobs"]["jobs"]] for s in snapshots] == [["j"], ["j"]]
 

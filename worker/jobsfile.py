@@ -66,7 +66,8 @@ def read_jobs(path: Path) -> list[Job]:
 def load_jobs(database: Database[Any], jobs: Iterable[Job]) -> list[ServedJob]:
     """Insert ``jobs`` into the job collection; what each is and how events may name it."""
     jobs = list(jobs)
-    database[JOB_COLLECTION].insert_many([job.to_document() for job in jobs])
+    if jobs:
+        database[JOB_COLLECTION].insert_many([job.to_document() for job in jobs])
     return [served(job) for job in jobs]
 
 

@@ -40,7 +40,6 @@ from worker.connections import MEMORY_URI, connect_database, connect_redis
 from worker.consumer import Worker
 from worker.entities import Job
 from worker.jobsfile import JobsFileError, load_jobs, read_jobs
-from worker.logs import configure_logging
 from worker.settings import Settings, redact_url, unknown_variables
 from worker.store import StoreUnavailable
 
@@ -74,7 +73,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
     jobs = jobs_from(arguments.jobs, settings)  # checked before anything connects
-    configure_logging(settings.log_level, settings.log_format)
     for warning in unknown_variables():
         log.warning(warning)
     observers = []
