@@ -125,6 +125,14 @@ def test_run_with_the_sample_jobs_file_applies_events_another_process_publishes_
     assert summary["counts"]["applied"] == 3  # two server snapshots, one client snapshot
     assert summary["counts"]["unknown_job"] >= 1
     assert summary["dead_lettered"] == 0
+    at_exit = lines.wait_for("a job of the jobs file at exit", 30)
+    assert at_exit["status"] == "FINISHED_SUCCESSFULLY"  # the server's fit_end
+    assert json.loads(at_exit["server_metrics"])["fit_end"] == "2024-10-10 15:07:00"
+    assert json.loads(at_exit["client_metrics"][0]) == {
+        "host_type": "client",
+        "initialized": "2024-10-10 15:06:00",
+    }
+    assert at_exit["client_metrics"][1] is None
     assert "Traceback" not in "".join(lines.seen)
 
 

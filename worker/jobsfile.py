@@ -28,7 +28,7 @@ from pymongo.database import Database
 
 from worker.entities import JOB_COLLECTION, Job
 
-__all__ = ["JobsFileError", "ServedJob", "load_jobs", "read_jobs"]
+__all__ = ["JobsFileError", "ServedJob", "current_jobs", "load_jobs", "read_jobs"]
 
 
 class JobsFileError(ValueError):
@@ -69,6 +69,13 @@ def load_jobs(database: Database[Any], jobs: Iterable[Job]) -> list[ServedJob]:
     if jobs:
         database[JOB_COLLECTION].insert_many([job.to_document() for job in jobs])
     return [served(job) for job in jobs]
+
+
+def current_jobs(database: Database[Any], served: Iterable[ServedJob]) -> list[Job]:
+    """The served jobs as the database holds them now (those still there)."""
+    collection = database[JOB_COLLECTION]
+    documents = (collection.find_one({"_id": job.job_id}) for job in served)
+    return [Job.model_validate(document) for document in documents if document is not None]
 
 
 def served(job: Job) -> ServedJob:

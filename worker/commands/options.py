@@ -272,7 +272,7 @@ def add_settings_flags(
         if wanted is not None and name not in wanted:
             continue
         # A switch takes a value or none: --redis-cluster alone means --redis-cluster true.
-        switch = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
         alone = " (the flag alone: true)" if switch else ""
         group.add_argument(
             f"--{name.replace('_', '-')}",

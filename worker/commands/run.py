@@ -39,7 +39,7 @@ from worker.commands.options import (
 from worker.connections import MEMORY_URI, connect_database, connect_redis
 from worker.consumer import Worker
 from worker.entities import Job
-from worker.jobsfile import JobsFileError, load_jobs, read_jobs
+from worker.jobsfile import JobsFileError, current_jobs, load_jobs, read_jobs
 from worker.settings import Settings, redact_url, unknown_variables
 from worker.store import StoreUnavailable
 
@@ -87,7 +87,8 @@ def handle(arguments: argparse.Namespace) -> int:
                 f"or --metrics-port): {error.strerror or error}"
             ) from None
     database = connect_database(settings)
-    for job in load_jobs(database, jobs):
+    served = load_jobs(database, jobs)
+    for job in served:
         log.info(
             "serving a job of the jobs file",
             file=str(arguments.jobs),
@@ -109,6 +110,14 @@ def handle(arguments: argparse.Namespace) -> int:
         worker.run()
     finally:
         watch.stop()
+    for job in current_jobs(database, served):  # the in-memory database ends with the process
+        log.info(
+            "a job of the jobs file at exit",
+            job_id=job.id,
+            status=job.status.value,
+            server_metrics=job.server_metrics,
+            client_metrics=[info.metrics for info in job.clients_info or ()],
+        )
     return EXIT_OK
 
 
