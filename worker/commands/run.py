@@ -110,13 +110,13 @@ def handle(arguments: argparse.Namespace) -> int:
         worker.run()
     finally:
         watch.stop()
-    for job in current_jobs(database, served):  # the in-memory database ends with the process
+    for final in current_jobs(database, served):  # the in-memory database ends with the process
         log.info(
             "a job of the jobs file at exit",
-            job_id=job.id,
-            status=job.status.value,
-            server_metrics=job.server_metrics,
-            client_metrics=[info.metrics for info in job.clients_info or ()],
+            job_id=final.id,
+            status=final.status.value,
+            server_metrics=final.server_metrics,
+            client_metrics=[info.metrics for info in final.clients_info or ()],
         )
     return EXIT_OK
 
