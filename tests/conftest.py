@@ -19,6 +19,33 @@ from pymongo.database import Database
 from tests.mongo_checks import CheckingDatabase
 from tests.redis_server import RedisServer
 from worker.logs import configure_logging
+from worker.mongo_failures import describe
+from worker.settings import redact_url
+
+MONGODB_PING_TIMEOUT_S = 3
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``FLORIST_TEST_MONGODB_URI`` (``./dev test-mongodb URI``), stop before any test
+    is collected, with one line (pytest's usage error, exit 4), when no MongoDB answers
+    there within a few seconds: otherwise every test that uses the database waits out its
+    own server selection, and the run ends minutes later in a traceback."""
+    uri = os.environ.get("FLORIST_TEST_MONGODB_URI")
+    if not uri:
+        return
+    try:
+        client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+            uri, serverSelectionTimeoutMS=MONGODB_PING_TIMEOUT_S * 1000
+        )
+        try:
+            client.admin.command("ping")
+        finally:
+            client.close()
+    except (pymongo.errors.PyMongoError, ValueError) as error:
+        raise pytest.UsageError(
+            f"FLORIST_TEST_MONGODB_URI={redact_url(uri)}: no MongoDB to test against "
+            f"({describe(error)}; waited {MONGODB_PING_TIMEOUT_S} s)"
+        ) from None
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -170,13 +171,24 @@ def test_a_uri_pymongo_refuses_is_a_usage_error_without_the_password(
 def test_a_bad_setting_in_the_environment_names_the_variable(
     command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("FLORIST_LOG_LEVEL", "loud")
+    monkeypatch.setenv("FLORIST_MAX_DELIVERIES", "none")
     code, out, err = run_main(LEAVES[command], capsys)
     assert code == 2 and out == ""
     assert len(err.splitlines()) == 1, err
-    assert_one_error_line(
-        err, command, "invalid settings", "log_level", "FLORIST_LOG_LEVEL", "'debug'", "'loud'"
-    )
+    assert_one_error_line(err, command, "invalid settings", "FLORIST_MAX_DELIVERIES", "'none'")
+
+
+@pytest.mark.parametrize("variable", ["FLORIST_LOG_LEVEL", "FLORIST_LOG_FORMAT"])
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_refuses_a_bad_log_level_or_format(
+    command: str, variable: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, "verbose")
+    code, out, err = run_main(LEAVES[command], capsys)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1, err
+    name = variable.removeprefix("FLORIST_").lower()
+    assert_one_error_line(err, command, "invalid settings", name, variable, "'verbose'")
 
 
 @pytest.mark.parametrize(
@@ -219,6 +231,16 @@ def test_a_bad_setting_flag_names_it(
         (["demo", "--fake-redis", "--pace", "-1"], "--pace must be 0 or more"),
         (["demo", "--fake-redis", "--redis-url", "redis://x"], "not allowed with"),
         (["stats", "--watch", "0"], "above 0"),
+        (["replay", "--from", "2024-01-02", "--to", "2024-01-01"], "comes after --to 2024-01-01"),
+        (["replay", "--from", "5-1", "--to", "5-0"], "--from 5-1 comes after --to 5-0"),
+        (["replay", "--from", "+", "--to", "5"], "comes after"),
+        (["dlq", "drop", "--reason", "bogus", "--yes"], "invalid choice: 'bogus'"),
+        (["dlq", "requeue", "--reason", "applied"], "invalid choice: 'applied'"),
+        (["dlq", "list", "--reason", "unknown-job"], "(choose from 'internal_error', 'invalid',"),
+        (["emit", "server-metrics", "--metrics", "{}"], "--job JOB_ID or --server-uuid UUID"),
+        (["emit", "status", "--status", "IN_PROGRESS"], "--job JOB_ID or --server-uuid UUID"),
+        (["demo", "--fake-redis", "--redis-cluster", "maybe"], "FLORIST_REDIS_CLUSTER"),
+        (["demo", "--redis-cluster"], "--redis-cluster needs --redis-url"),
     ],
 )
 def test_a_bad_argument_is_a_usage_error(
@@ -444,3 +466,37 @@ def test_no_password_in_an_error_line(argv: list[str], capsys: pytest.CaptureFix
     assert code in (1, 2)
     last = assert_one_error_line(err, argv[0])
     assert "s3cret" not in err and "***" in last
+
+
+# -- MongoDB errors and the metrics port: one short line -----------------------------------
+
+
+def test_an_unreachable_mongodb_is_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
+    uri = f"mongodb://127.0.0.1:{free_port()}/"
+    code, _out, err = run_main(["demo", "--fake-redis", "--fast", "--mongodb-uri", uri], capsys)
+    assert code == 1
+    last = assert_one_error_line(err, "demo", f"MongoDB at {uri} did not answer", "refused")
+    assert "Topology" not in last and "configured timeouts" not in last
+    assert len(last) < 200, last
+
+
+def test_a_metrics_port_in_use_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _out, err = run_main(
+            ["run", "--metrics-port", str(port), "--redis-url", closed_redis_url()], capsys
+        )
+    assert code == 1
+    assert_one_error_line(err, "run", f"cannot serve /metrics on port {port}", "--metrics-port")
+
+
+def test_replay_takes_bounds_within_one_millisecond(
+    redis_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLORIST_STREAM", f"test:bounds:{os.getpid()}")
+    argv = ["replay", "--from", "5", "--to", "5", "--mongodb-uri", "memory://"]
+    code, out, _err = run_main([*argv, "--redis-url", redis_url], capsys)
+    assert code == 0
+    assert out.startswith("read 0 entries")

@@ -107,3 +107,36 @@ def test_the_consumer_default_is_shown_once(capsys: pytest.CaptureFixture[str]) 
     assert text.count("<hostname>-<pid>") == 1
     assert "--metrics-port PORT port of the Prometheus /metrics endpoint" in text
     assert "default unset]" in text
+
+
+# Each command's argv before its flags (dlq and emit have an action or kind first).
+CLUSTER_COMMANDS = {
+    "run": ["run"],
+    "replay": ["replay"],
+    "dlq": ["dlq", "list"],
+    "stats": ["stats"],
+    "emit": ["emit", "raw", "--fields", "{}"],
+    "demo": ["demo"],
+}
+
+
+@pytest.mark.parametrize("argv", CLUSTER_COMMANDS.values(), ids=CLUSTER_COMMANDS)
+def test_redis_cluster_is_a_switch_that_also_takes_a_value_in_every_command(
+    argv: list[str],
+) -> None:
+    parse = build_parser().parse_args
+    assert parse([*argv, "--redis-cluster"]).setting_redis_cluster == "true"
+    assert parse([*argv, "--redis-cluster", "false"]).setting_redis_cluster == "false"
+    assert parse([*argv, "--redis-cluster", "true"]).setting_redis_cluster == "true"
+    assert parse(argv).setting_redis_cluster is None  # the environment decides
+
+
+def test_every_command_with_a_redis_url_has_the_cluster_flag() -> None:
+    def commands_with(flag: str) -> set[str]:
+        return {
+            parser.prog.removeprefix("florist-worker ").split()[0]
+            for parser in parsers()
+            if any(flag in action.option_strings for action in parser._actions)
+        }
+
+    assert commands_with("--redis-url") == commands_with("--redis-cluster") == set(CLUSTER_COMMANDS)

@@ -1,4 +1,5 @@
-"""Logging: the command line's configuration refuses typos; used as a library, the worker
+"""Logging: the command line's configuration refuses typos, and every command logs as
+FLORIST_LOG_FORMAT says; used as a library, the worker
 logs at info and above (no debug line per event) unless the application configured
 structlog, whose configuration always wins. structlog's configuration is process-wide,
 so the library cases run in fresh interpreters."""
@@ -6,12 +7,16 @@ so the library cases run in fresh interpreters."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
 import textwrap
+import uuid
+from pathlib import Path
 
 import pytest
+import redis
 
 from worker.logs import configure_logging
 
@@ -125,3 +130,56 @@ def test_configure_logging_takes_any_case_and_writes_to_the_given_stream() -> No
         structlog.configure(**saved)
     assert "hidden" not in out.getvalue()
     assert '"event": "shown"' in out.getvalue()
+
+
+# -- every command logs as FLORIST_LOG_FORMAT says ------------------------------------------
+
+
+def run_command(argv: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLORIST_")}
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("florist-worker")), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment | variables,
+        check=False,
+    )
+
+
+@pytest.mark.redis_server
+def test_stats_logs_json_lines_when_asked(redis_url: str) -> None:
+    done = run_command(
+        ["stats", "--mongodb-uri", "memory://"],
+        FLORIST_REDIS_URL=redis_url,
+        FLORIST_STREAM=f"test:logs:{uuid.uuid4().hex}",
+        FLORIST_LOG_FORMAT="json",
+    )
+    assert done.returncode == 0, done.stderr
+    (line,) = done.stderr.splitlines()
+    assert json.loads(line)["event"].startswith("using the in-memory MongoDB")
+
+
+@pytest.mark.redis_server
+def test_dlq_logs_json_lines_when_asked(redis_url: str) -> None:
+    stream = f"test:logs:{uuid.uuid4().hex}"
+    client = redis.Redis.from_url(redis_url)
+    client.xadd(
+        f"{stream}:dead",
+        {"v": "1", "type": "job.status", "job_id": "j", "status": "IN_PROGRESS"}
+        | {"dead_reason": "unknown_job", "dead_error": "no job j", "deliveries": "5"},
+    )
+    try:
+        done = run_command(
+            ["dlq", "requeue", "--all"],
+            FLORIST_REDIS_URL=redis_url,
+            FLORIST_STREAM=stream,
+            FLORIST_LOG_FORMAT="json",
+        )
+    finally:
+        client.delete(stream, f"{stream}:dead")
+        client.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("requeued 1 dead letter(s)")
+    records = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [record["event"] for record in records] == ["dead letter requeued"]

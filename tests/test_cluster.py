@@ -277,6 +277,14 @@ def test_the_demo_cluster_flag_needs_a_url(capsys):
     assert "--redis-cluster needs --redis-url" in capsys.readouterr().err
 
 
+def test_the_demo_takes_cluster_mode_from_the_environment_for_its_url(cluster, capsys, monkeypatch):
+    monkeypatch.setenv("FLORIST_REDIS_CLUSTER", "true")
+    code = main(["demo", "--redis-url", cluster.url, "--fast"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "demo OK" in out
+
+
 # -- refusing at start --------------------------------------------------------------------
 
 

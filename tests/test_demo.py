@@ -21,6 +21,7 @@ from pymongo.database import Database
 from tests.conftest import load_job_document, load_sample_entries
 from tests.redis_server import free_port
 from worker import demo, samples
+from worker.cli import main
 from worker.commands import demo as demo_command
 from worker.entities import Job, JobStatus
 from worker.producer import EventPublisher, StreamMetricsReporter
@@ -429,6 +430,14 @@ def test_cli_demo_on_fakeredis() -> None:
     assert "Redis:   in-process fakeredis (--fake-redis)" in completed.stdout
     assert "MongoDB: in-memory (memory://)" in completed.stdout
     assert "dies" not in completed.stdout and "  error " not in completed.stdout
+
+
+def test_the_cluster_variable_applies_to_a_redis_url_only(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLORIST_REDIS_CLUSTER", "true")  # set for the workers of a cluster
+    assert main(["demo", "--fake-redis", "--fast"]) == 0  # fakeredis is no cluster
+    assert "demo OK" in capsys.readouterr().out
 
 
 # -- --kill-server: the FL server dies mid-run, the watchdog finishes the job -----------

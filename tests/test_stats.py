@@ -6,11 +6,19 @@ import argparse
 import functools
 import io
 import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+from uuid import uuid4
 
 import pytest
 import redis
@@ -342,7 +350,7 @@ def test_watch_json_refreshes_until_ctrl_c(real_redis: redis.Redis, redis_url: s
         real_redis, settings_for(redis_url), 1.5, as_json=True, out=out, sleep=sleep
     )
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert sleep.calls == [1.5, 1.5, 1.5]
     lengths = [json.loads(line)["length"] for line in out.getvalue().splitlines()]
     assert lengths == [0, 1, 2]
@@ -358,7 +366,7 @@ def test_watch_text_blocks_are_separated_when_not_a_terminal(
     )
 
     text = out.getvalue()
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert stats_command.CLEAR_SCREEN not in text
     assert text.count(f"stream {STREAM}: missing") == 2
     assert "\n\n" in text
@@ -372,7 +380,7 @@ def test_watch_keeps_going_when_redis_fails(capsys: pytest.CaptureFixture[str]) 
 
     code = stats_command.watch(client, settings_for(url), 1, as_json=True, out=out, sleep=sleep)
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     assert len(sleep.calls) == 2
     assert out.getvalue() == ""
     assert capsys.readouterr().err.count("did not answer") == 2
@@ -750,7 +758,7 @@ def test_watch_shows_the_jobs_at_every_refresh(
         database=database,
     )
 
-    assert code == 0
+    assert code == 130  # Ctrl-C ends a watch
     snapshots = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [[job["job_id"] for job in s["jobs"]["jobs"]] for s in snapshots] == [["j"], ["j"]]
 
@@ -781,3 +789,65 @@ def test_a_redis_user_without_time_still_gets_the_redis_part(
     assert jobs.available is False
     assert jobs.error is not None and jobs.error.startswith("Redis refused a command")
     assert "TIME" in jobs.error
+
+
+# -- the real command: --watch on a terminal and in a pipe, ended by Ctrl-C ----------------
+
+
+def _read_until(fd: int, count: int, text: bytes, timeout_s: float = 30) -> bytes:
+    """What ``fd`` gives until ``text`` has appeared ``count`` times."""
+    seen = b""
+    deadline = time.monotonic() + timeout_s
+    while seen.count(text) < count and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            seen += os.read(fd, 65536)
+    assert seen.count(text) >= count, seen
+    return seen
+
+
+def _watch(redis_url: str, stdout: int) -> subprocess.Popen[bytes]:
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLORIST_")}
+    environment |= {
+        "FLORIST_REDIS_URL": redis_url,
+        "FLORIST_STREAM": f"test:watch:{uuid4().hex}",
+        "FLORIST_MONGODB_URI": "memory://",
+    }
+    command = [str(Path(sys.executable).with_name("florist-worker")), "stats", "--watch", "0.2"]
+    return subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=environment)
+
+
+@pytest.mark.redis_server
+def test_watch_redraws_on_a_terminal_and_ctrl_c_ends_it_with_130(redis_url: str) -> None:
+    terminal, its_end = pty.openpty()
+    process = _watch(redis_url, its_end)
+    os.close(its_end)
+    try:
+        seen = _read_until(terminal, 2, b"dead letters")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(terminal)
+    snapshots = seen.split(stats_command.CLEAR_SCREEN.encode())
+    assert snapshots[0] == b""  # every snapshot starts on a cleared screen
+    assert all(snapshot.count(b"dead letters") == 1 for snapshot in snapshots[1:3])
+
+
+@pytest.mark.redis_server
+def test_watch_appends_in_a_pipe_and_ctrl_c_ends_it_with_130(redis_url: str) -> None:
+    process = _watch(redis_url, subprocess.PIPE)
+    assert process.stdout is not None
+    try:
+        seen = _read_until(process.stdout.fileno(), 2, b"dead letters")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()
+    assert stats_command.CLEAR_SCREEN.encode() not in seen
+    assert b"\n\n" in seen  # snapshots separated by a blank line

@@ -131,6 +131,7 @@ _collector = _CollectorTuning()
 
 _LOGGED_EACH = RETRYABLE | {Outcome.LOST}
 _FAILED = frozenset({Outcome.STORE_ERROR, Outcome.INTERNAL_ERROR})  # logged by _log_failures
+_NAMES = {"job_id", "server_uuid", "client_uuid"}  # how an entry names its job and host
 
 
 class Stopping(Exception):
@@ -458,7 +459,12 @@ class Worker:
                     "entry kept pending for a retry",
                     id=item.entry.id,
                     outcome=outcome.value,
-                    job_id=item.event.job_id if item.event else None,
+                    # What it waits for: the job's id, or the server's or client's uuid.
+                    **(
+                        item.event.model_dump(include=_NAMES, exclude_none=True)
+                        if item.event
+                        else {}
+                    ),
                 )
             elif per_entry:
                 batch_log.debug(

@@ -124,10 +124,18 @@ def classify(error: BaseException) -> Failure | None:
     return Failure.REFUSAL
 
 
+# pymongo appends these to a server selection's message: its timeouts and the whole
+# topology description (hundreds of characters, repeating the first sentence).
+_NOISE: Final = (" (configured timeouts:", ", Timeout:", ", Topology Description:")
+
+
 def describe(error: BaseException) -> str:
-    """One line for logs and ``dead_error``: the type, the code, MongoDB's message."""
+    """One line for logs, error lines and ``dead_error``: the type, the code, MongoDB's
+    message without pymongo's timeouts and topology description."""
     code = _code(error) if isinstance(error, PyMongoError) else None
     message = str(error).splitlines()[0] if str(error) else ""
+    for noise in _NOISE:
+        message = message.split(noise, 1)[0]
     if isinstance(error, OperationFailure) and isinstance(error.details, dict):
         message = str(error.details.get("errmsg") or message)
     suffix = f" (code {code})" if code is not None else ""

@@ -9,10 +9,12 @@
     florist-worker demo --redis-url redis://node:6379 --redis-cluster   # a Redis Cluster
     florist-worker demo --kill-server         # the server dies mid-run; the watchdog ends it
 
-Only the flags choose the services: ``FLORIST_REDIS_URL``, ``FLORIST_REDIS_CLUSTER`` and
-``FLORIST_MONGODB_URI`` are ignored, so a demo never writes to configured services unless
-asked (and ``--kill-server`` ignores ``FLORIST_STALE_AFTER_S`` and
-``FLORIST_WATCHDOG_INTERVAL_S`` too: it shortens them for the demo). Exit codes: 0 when
+Only the flags choose the services: ``FLORIST_REDIS_URL`` and ``FLORIST_MONGODB_URI`` are
+ignored, so a demo never writes to configured services unless asked (and
+``--kill-server`` ignores ``FLORIST_STALE_AFTER_S`` and ``FLORIST_WATCHDOG_INTERVAL_S``
+too: it shortens them for the demo). ``--redis-cluster`` (alone, or ``true``/``false``)
+and else ``FLORIST_REDIS_CLUSTER`` say whether the ``--redis-url`` given is a node of a
+Redis Cluster; the demo's keys then share one hash tag. Exit codes: 0 when
 the job ends FINISHED_SUCCESSFULLY with no dead letters (with ``--kill-server``:
 FINISHED_WITH_ERROR with the watchdog's silence message), 1 when it does not or a service
 cannot be reached, 2 for bad flags or settings, 130 when interrupted.
@@ -36,6 +38,7 @@ from worker.commands.options import (
     EXIT_OK,
     Failure,
     UsageError,
+    add_settings_flags,
     command,
     describe_validation_error,
     metavar,
@@ -50,6 +53,7 @@ from worker.demo import (
     run_demo,
 )
 from worker.logs import configure_logging
+from worker.mongo_failures import describe as describe_mongodb_error
 from worker.settings import Settings, redact_url
 
 LOCAL_REDIS_URL: Final = "redis://localhost:6379/0"
@@ -86,11 +90,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="use the in-process fakeredis without looking for a Redis server",
     )
     parser.add_argument(
-        "--redis-cluster",
-        action="store_true",
-        help="the --redis-url is a node of a Redis Cluster (the demo's keys share a hash tag)",
-    )
-    parser.add_argument(
         "--mongodb-uri",
         default=MEMORY_URI,
         metavar=metavar("mongodb_uri"),
@@ -124,6 +123,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         f"silence limit shortened to {KILL_STALE_AFTER_S:g} s for the demo. Exits 0 when it "
         "does, 1 otherwise",
     )
+    add_settings_flags(parser, fields=("redis_cluster",))
     parser.set_defaults(handler=handle)
 
 
@@ -133,22 +133,13 @@ def handle(arguments: argparse.Namespace) -> int:
     pace_s = 0.0 if arguments.fast else arguments.pace
     if pace_s < 0:
         raise UsageError(f"--pace must be 0 or more, got {pace_s}")
-    if arguments.redis_cluster and not arguments.redis_url:
-        raise UsageError("--redis-cluster needs --redis-url (a node of the cluster)")
-    names = cluster_names(DemoNames.fresh()) if arguments.redis_cluster else DemoNames.fresh()
-    make_settings = kill_settings if arguments.kill_server else demo_settings
-    try:
-        settings = make_settings(
-            names,
-            redis_url=arguments.redis_url or LOCAL_REDIS_URL,
-            redis_cluster=arguments.redis_cluster,
-            mongodb_uri=arguments.mongodb_uri,
-            mongodb_db=arguments.mongodb_db,
-        )
-    except ValidationError as error:
-        raise UsageError(
-            f"invalid settings: {describe_validation_error(error, flags_only=DEMO_FLAGS)}"
-        ) from None
+    names = DemoNames.fresh()
+    settings = settings_of(arguments, names)
+    if settings.redis_cluster:
+        if not arguments.redis_url:
+            raise UsageError("--redis-cluster needs --redis-url (a node of the cluster)")
+        names = cluster_names(names)  # one slot: MULTI/EXEC over them is no CROSSSLOT
+        settings = settings_of(arguments, names)
     try:
         redis_client, redis_text = open_redis(arguments.redis_url, arguments.fake_redis, settings)
         database, database_text = open_database(settings)
@@ -185,6 +176,28 @@ def handle(arguments: argparse.Namespace) -> int:
         return EXIT_OK
     print("demo OK: the job finished successfully and no entry was dead-lettered", flush=True)
     return EXIT_OK
+
+
+def settings_of(arguments: argparse.Namespace, names: DemoNames) -> Settings:
+    """The worker's settings for the demo on ``names``. ``FLORIST_REDIS_CLUSTER`` applies
+    to a ``--redis-url`` only: the local or in-process Redis the demo finds is no cluster."""
+    overrides: dict[str, Any] = {
+        "redis_url": arguments.redis_url or LOCAL_REDIS_URL,
+        "mongodb_uri": arguments.mongodb_uri,
+        "mongodb_db": arguments.mongodb_db,
+    }
+    if arguments.setting_redis_cluster is not None:
+        overrides["redis_cluster"] = arguments.setting_redis_cluster
+    elif not arguments.redis_url:
+        overrides["redis_cluster"] = False
+    make_settings = kill_settings if arguments.kill_server else demo_settings
+    try:
+        return make_settings(names, **overrides)
+    except ValidationError as error:
+        described = describe_validation_error(
+            error, flags=("redis_cluster",), flags_only=DEMO_FLAGS
+        )
+        raise UsageError(f"invalid settings: {described}") from None
 
 
 def cluster_names(names: DemoNames) -> DemoNames:
@@ -234,7 +247,9 @@ def open_database(settings: Settings) -> tuple[Database[Any], str]:
     try:
         database.command("ping")
     except PyMongoError as error:
-        raise SetupError(f"MongoDB at {uri} did not answer: {error}") from None
+        raise SetupError(
+            f"MongoDB at {uri} did not answer: {describe_mongodb_error(error)}"
+        ) from None
     return database, f"{uri}, database {settings.mongodb_db}"
 
 

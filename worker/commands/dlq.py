@@ -34,13 +34,16 @@ from worker.commands.options import (
 )
 from worker.connections import connect_redis
 from worker.deadletter import DeadLetterEntry
+from worker.outcomes import DEAD_AT_ONCE, RETRYABLE
 from worker.positions import InvalidStreamId
 from worker.settings import Settings, redact_url
 
 DEFAULT_LIMIT = 100
 
-SETTINGS = ("redis_url", "redis_cluster", "stream", "dead_stream")
+SETTINGS = ("redis_url", "redis_cluster", "stream", "dead_stream", "log_level", "log_format")
 COLUMNS = ("ID", "REASON", "JOB", "TYPE", "DELIVERIES", "AGE")
+# A dead letter's dead_reason: an outcome that dead-letters at once or after its retries.
+REASONS = tuple(sorted(outcome.value for outcome in DEAD_AT_ONCE | RETRYABLE))
 
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -63,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="List dead letters, oldest first: ID, reason, job, type, deliveries "
         "and age, then how many were shown and how many there are.",
     )
-    listing.add_argument("--reason", help="only this dead_reason (e.g. invalid, unknown_job)")
+    _add_reason(listing, "only dead letters with this dead_reason")
     listing.add_argument("--job", dest="job_id", metavar="JOB_ID", help="only this job")
     listing.add_argument(
         "--limit",
@@ -117,7 +120,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _add_selection(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("ids", nargs="*", metavar="ID", help="dead-letter entry IDs")
     parser.add_argument("--all", action="store_true", help="every dead letter")
-    parser.add_argument("--reason", help="every dead letter with this dead_reason")
+    _add_reason(parser, "every dead letter with this dead_reason")
+
+
+def _add_reason(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--reason", choices=REASONS, metavar="REASON", help=f"{help_text}: {', '.join(REASONS)}"
+    )
 
 
 @command("dlq")

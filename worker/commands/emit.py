@@ -2,10 +2,15 @@
 
 ::
 
-    florist-worker emit server-metrics --job JOB_ID --metrics '{"fit_start": "..."}'
-    florist-worker emit client-metrics --job JOB_ID --client-uuid UUID --metrics JSON
-    florist-worker emit status --job JOB_ID --status FINISHED_WITH_ERROR [--error-message TEXT]
+    florist-worker emit server-metrics (--job JOB_ID | --server-uuid UUID) --metrics JSON
+    florist-worker emit client-metrics [--job JOB_ID] --client-uuid UUID --metrics JSON
+    florist-worker emit status (--job JOB_ID | --server-uuid UUID) --status FINISHED_WITH_ERROR
+        [--error-message TEXT]
     florist-worker emit raw --fields '{"v": "1", "type": "...", ...}'
+
+A job is named as the wire format names it: by ``job_id``, by the FL server's uuid
+(``server_uuid``, the job's ``server_uuid``), or, for a client's metrics, by the client's
+uuid alone; give both and the worker checks that they agree.
 
 ``--metrics -`` (or ``--fields -``) reads the JSON from standard input. Prints the new
 entry's ID. The event is validated first: bad JSON, a bad status or any other invalid
@@ -58,12 +63,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help=f"approximate MAXLEN of the stream, its replay window (default: {DEFAULT_MAXLEN})",
     )
     job = argparse.ArgumentParser(add_help=False)
-    job.add_argument("--job", required=True, metavar="JOB_ID", help="the Job document's _id")
+    job.add_argument("--job", metavar="JOB_ID", help="the Job document's _id")
+    by_server = argparse.ArgumentParser(add_help=False)
+    by_server.add_argument(
+        "--server-uuid",
+        metavar="UUID",
+        help="the FL server's uuid (Job.server_uuid): names the job instead of, or with, --job",
+    )
 
     server = kinds.add_parser(
         "server-metrics",
         aliases=["server.metrics"],  # the event's type as the stream and the contract name it
-        parents=[common, job],
+        parents=[common, job, by_server],
         help="the FL server's whole metrics snapshot",
         description="Publish a server.metrics event: the FL server's whole current metrics "
         "snapshot. A snapshot with a top-level fit_end finishes the job.",
@@ -77,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         parents=[common, job],
         help="one FL client's whole metrics snapshot",
         description="Publish a client.metrics event: one FL client's whole current metrics "
-        "snapshot, for the clients_info element whose uuid is --client-uuid.",
+        "snapshot, for the clients_info element whose uuid is --client-uuid (which names "
+        "the job too when --job is not given).",
     )
     client.add_argument("--client-uuid", required=True, help="ClientInfo.uuid of the client")
     client.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
@@ -86,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     status = kinds.add_parser(
         "status",
         aliases=["job.status"],  # the event's type as the stream and the contract name it
-        parents=[common, job],
+        parents=[common, job, by_server],
         help="a change of the job status",
         description="Publish a job.status event. NOT_STARTED -> IN_PROGRESS -> FINISHED_*; "
         "the first finish wins.",
@@ -152,22 +164,37 @@ def _prepare(arguments: argparse.Namespace, publisher: EventPublisher) -> Callab
     """Validate everything that can be checked offline; return the publishing call."""
     kind = KIND_ALIASES.get(arguments.kind, arguments.kind)
     if kind == "server-metrics":
+        _named_job(arguments)
         metrics = _json_object(arguments.metrics, "--metrics")
-        return lambda: publisher.server_metrics(arguments.job, metrics)
+        return lambda: publisher.server_metrics(
+            arguments.job, metrics, server_uuid=arguments.server_uuid
+        )
     if kind == "client-metrics":
         metrics = _json_object(arguments.metrics, "--metrics")
         return lambda: publisher.client_metrics(arguments.job, arguments.client_uuid, metrics)
     if kind == "status":
+        _named_job(arguments)
         statuses = JobStatus.list()
         if arguments.status not in statuses:
             expected = ", ".join(statuses)
             raise UsageError(f"unknown status {arguments.status!r} (expected one of {expected})")
-        return lambda: publisher.status(arguments.job, arguments.status, arguments.error_message)
+        return lambda: publisher.status(
+            arguments.job,
+            arguments.status,
+            arguments.error_message,
+            server_uuid=arguments.server_uuid,
+        )
     fields = _json_object(arguments.fields, "--fields")
     bad = [key for key, value in fields.items() if not isinstance(value, str)]
     if bad:
         raise UsageError(f"--fields values must be JSON strings; not: {', '.join(bad)}")
     return lambda: publisher.publish_fields(fields)
+
+
+def _named_job(arguments: argparse.Namespace) -> None:
+    """A server's event names its job by --job, --server-uuid, or both."""
+    if arguments.job is None and arguments.server_uuid is None:
+        raise UsageError("name the job: --job JOB_ID or --server-uuid UUID (or both)")
 
 
 def _json_object(text: str, flag: str) -> dict[str, Any]:

@@ -26,7 +26,17 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 
 from worker.errors import Misconfigured
-from worker.settings import InvalidSetting, Settings, env_name, redact_url, unknown_variables
+from worker.logs import configure_logging
+from worker.mongo_failures import describe as describe_mongodb_error
+from worker.settings import (
+    LOG_FORMATS,
+    LOG_LEVELS,
+    InvalidSetting,
+    Settings,
+    env_name,
+    redact_url,
+    unknown_variables,
+)
 from worker.stream import DeadStreamMisconfigured
 
 __all__ = [
@@ -135,7 +145,7 @@ def describe(error: BaseException) -> tuple[str, int]:
     if isinstance(error, redis.RedisError | redis.exceptions.RedisClusterException):
         return f"Redis: {type(error).__name__}: {error}", EXIT_FAILURE
     if isinstance(error, PyMongoError):
-        return f"MongoDB: {type(error).__name__}: {error}", EXIT_FAILURE
+        return f"MongoDB: {describe_mongodb_error(error)}", EXIT_FAILURE
     if isinstance(error, OSError):
         return f"{type(error).__name__}: {error}", EXIT_FAILURE
     return (
@@ -145,9 +155,11 @@ def describe(error: BaseException) -> tuple[str, int]:
 
 
 def command(name: str, *, warn_environment: bool = True) -> Callable[[Handler], Handler]:
-    """Wrap a command's handler: every error it lets through becomes one line on stderr
-    and an exit code (see :func:`describe`); with ``warn_environment``, unknown
-    ``FLORIST_*`` variables are reported as warnings first (``run`` logs them instead)."""
+    """Wrap a command's handler: logging is configured first (see
+    :func:`configure_command_logging`), and every error the handler lets through becomes
+    one line on stderr and an exit code (see :func:`describe`); with ``warn_environment``,
+    unknown ``FLORIST_*`` variables are reported as warnings first (``run`` logs them
+    instead)."""
 
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -156,6 +168,7 @@ def command(name: str, *, warn_environment: bool = True) -> Callable[[Handler], 
                 for warning in unknown_variables():
                     print_warning(name, warning)
             try:
+                configure_command_logging(arguments)
                 return handler(arguments)
             except CommandError as error:
                 print_error(name, error)
@@ -170,6 +183,27 @@ def command(name: str, *, warn_environment: bool = True) -> Callable[[Handler], 
         return run
 
     return decorate
+
+
+def configure_command_logging(arguments: argparse.Namespace) -> None:
+    """Every command logs as ``FLORIST_LOG_LEVEL`` and ``FLORIST_LOG_FORMAT`` say (its
+    ``--log-level``/``--log-format`` flags first, where it has them). A value outside the
+    choices is a usage error, also for a command that logs nothing."""
+    chosen: dict[str, str] = {}
+    for name, choices in (("log_level", LOG_LEVELS), ("log_format", LOG_FORMATS)):
+        has_flag = f"setting_{name}" in vars(arguments)
+        given = getattr(arguments, f"setting_{name}", None)
+        if given is None:
+            given = os.environ.get(env_name(name), shown_default(name))
+        value = given.strip().lower()
+        if value not in choices:
+            where = f"{env_name(name)} or {flag_name(name)}" if has_flag else env_name(name)
+            expected = f"{', '.join(map(repr, choices[:-1]))} or {choices[-1]!r}"
+            raise UsageError(
+                f"invalid settings: {name} ({where}): must be {expected}, got {given!r}"
+            )
+        chosen[name] = value
+    configure_logging(chosen["log_level"], chosen["log_format"])
 
 
 class Parser(argparse.ArgumentParser):
@@ -237,12 +271,16 @@ def add_settings_flags(
     for name, info in Settings.model_fields.items():
         if wanted is not None and name not in wanted:
             continue
+        # A switch takes a value or none: --redis-cluster alone means --redis-cluster true.
+        switch: dict[str, Any] = {"nargs": "?", "const": "true"} if info.annotation is bool else {}
+        alone = " (the flag alone: true)" if switch else ""
         group.add_argument(
             f"--{name.replace('_', '-')}",
             dest=f"setting_{name}",
             default=None,
             metavar=metavar(name),
-            help=f"{info.description} [env {env_name(name)}; default {shown_default(name)}]",
+            help=f"{info.description}{alone} [env {env_name(name)}; default {shown_default(name)}]",
+            **switch,
         )
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any
+from typing import Any, Final
 
 import redis
 
@@ -27,7 +27,6 @@ from worker.commands.options import (
     settings_from,
 )
 from worker.connections import connect_database, connect_redis
-from worker.logs import configure_logging
 from worker.outcomes import Outcome
 from worker.progress import progress_bar
 from worker.replay import (
@@ -43,6 +42,7 @@ from worker.replay import (
 from worker.settings import redact_url
 from worker.store import MongoJobStore
 
+MAX_PART: Final = 2**64 - 1  # the largest part of a stream entry ID
 SETTINGS = (
     "redis_url",
     "redis_cluster",
@@ -113,12 +113,16 @@ def handle(arguments: argparse.Namespace) -> int:
         start, end = parse_bound(arguments.start), parse_bound(arguments.end)
     except InvalidBound as error:
         raise UsageError(str(error)) from None
+    if _reach(start, last=False) > _reach(end, last=True):
+        raise UsageError(
+            f"--from {arguments.start} comes after --to {arguments.end}: nothing between them "
+            "(swap them?)"
+        )
     if arguments.page_size < 1:
         raise UsageError(f"--page-size must be at least 1, got {arguments.page_size}")
     if arguments.outage_timeout < 0:
         raise UsageError(f"--outage-timeout must be 0 or more, got {arguments.outage_timeout}")
     settings = settings_from(arguments)
-    configure_logging(settings.log_level, settings.log_format)
     client = connect_redis(settings)
     began = time.monotonic()
     try:
@@ -150,6 +154,17 @@ def handle(arguments: argparse.Namespace) -> int:
         client.close()
     print(summary(report, arguments.dry_run, seconds=time.monotonic() - began))
     return EXIT_OK
+
+
+def _reach(bound: str, *, last: bool) -> tuple[int, int]:
+    """The first (or, for an end, the ``last``) stream position an XRANGE bound from
+    :func:`worker.replay.parse_bound` takes in: milliseconds alone span every sequence."""
+    if bound in ("-", "+"):
+        return (0, 0) if bound == "-" else (MAX_PART, MAX_PART)
+    milliseconds, _dash, sequence = bound.partition("-")
+    if sequence:
+        return (int(milliseconds), int(sequence))
+    return (int(milliseconds), MAX_PART if last else 0)
 
 
 def summary(report: ReplayReport, dry_run: bool, seconds: float | None = None) -> str:

@@ -6,9 +6,14 @@ logs an outage once when it begins, again every :data:`REMIND_S` while it lasts,
 once when it ends, so that an idle worker whose MongoDB is down says so in its logs
 (the consume loop itself only meets MongoDB when an event arrives).
 
+With ``--mongodb-uri memory://`` the database lives in this process alone; ``--jobs
+FILE`` fills it at start with Job documents (:mod:`worker.jobsfile`), so that events
+published by other processes (by job id or uuid) find their job. Each loaded job is
+logged with the uuids it is served under.
+
 Exit codes: 0 after a clean stop, 1 when the configuration cannot work (the
 dead-letter key holds something else than a stream, MongoDB settings the worker
-refuses), 2 for bad flags or settings.
+refuses, the metrics port taken), 2 for bad flags, settings or jobs file.
 """
 
 from __future__ import annotations
@@ -17,16 +22,25 @@ import argparse
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import redis
 import structlog
 
-from worker.commands.options import EXIT_OK, add_settings_flags, command, settings_from
-from worker.connections import connect_database, connect_redis
+from worker.commands.options import (
+    EXIT_OK,
+    Failure,
+    UsageError,
+    add_settings_flags,
+    command,
+    settings_from,
+)
+from worker.connections import MEMORY_URI, connect_database, connect_redis
 from worker.consumer import Worker
-from worker.logs import configure_logging
-from worker.settings import redact_url, unknown_variables
+from worker.entities import Job
+from worker.jobsfile import JobsFileError, current_jobs, load_jobs, read_jobs
+from worker.settings import Settings, redact_url, unknown_variables
 from worker.store import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -41,7 +55,15 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         description="Consume the events stream as one member of the consumer group, "
         "apply each event to its job document, and acknowledge it. Stops cleanly on "
         "SIGTERM or SIGINT after the batch in hand. Exit codes: 0 stopped, 1 "
-        "misconfigured, 2 bad flags or settings.",
+        "misconfigured, 2 bad flags, settings or jobs file.",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=Path,
+        metavar="FILE",
+        help="with --mongodb-uri memory://: load these Job documents (a JSON array or JSON "
+        "lines, FLorist-shaped, e.g. worker/samples/jobs.json) into the in-memory database "
+        "at start, so that events other processes publish for them are applied",
     )
     add_settings_flags(parser)
     parser.set_defaults(handler=handle)
@@ -50,17 +72,32 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 @command("run", warn_environment=False)
 def handle(arguments: argparse.Namespace) -> int:
     settings = settings_from(arguments)
-    configure_logging(settings.log_level, settings.log_format)
+    jobs = jobs_from(arguments.jobs, settings)  # checked before anything connects
     for warning in unknown_variables():
         log.warning(warning)
     observers = []
     if settings.metrics_port is not None:
         from worker.prometheus import start_exporter
 
-        observers.append(start_exporter(settings))
-    worker = Worker(
-        connect_redis(settings), connect_database(settings), settings, observers=observers
-    )
+        try:
+            observers.append(start_exporter(settings))
+        except OSError as error:
+            raise Failure(
+                f"cannot serve /metrics on port {settings.metrics_port} (FLORIST_METRICS_PORT "
+                f"or --metrics-port): {error.strerror or error}"
+            ) from None
+    database = connect_database(settings)
+    served = load_jobs(database, jobs)
+    for job in served:
+        log.info(
+            "serving a job of the jobs file",
+            file=str(arguments.jobs),
+            job_id=job.job_id,
+            status=job.status,
+            server_uuid=job.server_uuid,
+            client_uuids=list(job.client_uuids),
+        )
+    worker = Worker(connect_redis(settings), database, settings, observers=observers)
     watch = ServiceWatch(
         {
             "redis": (redact_url(settings.redis_url), _redis_check(worker.redis)),
@@ -73,7 +110,31 @@ def handle(arguments: argparse.Namespace) -> int:
         worker.run()
     finally:
         watch.stop()
+    for final in current_jobs(database, served):  # the in-memory database ends with the process
+        log.info(
+            "a job of the jobs file at exit",
+            job_id=final.id,
+            status=final.status.value,
+            server_metrics=final.server_metrics,
+            client_metrics=[info.metrics for info in final.clients_info or ()],
+        )
     return EXIT_OK
+
+
+def jobs_from(path: Path | None, settings: Settings) -> list[Job]:
+    """The jobs of ``--jobs`` (none without it); a bad file, or a database that is not
+    the in-memory one, is a usage error."""
+    if path is None:
+        return []
+    if not settings.mongodb_uri.startswith(MEMORY_URI):
+        raise UsageError(
+            f"--jobs loads jobs into the in-memory database: add --mongodb-uri {MEMORY_URI} "
+            "(with a real MongoDB, FLorist's API creates the jobs)"
+        )
+    try:
+        return read_jobs(path)
+    except JobsFileError as error:
+        raise UsageError(str(error)) from None
 
 
 def _redis_check(client: redis.Redis) -> Callable[[], None]:

@@ -9,8 +9,9 @@ and the IN_PROGRESS jobs with the silence of their server and clients.
 
 Read-only. Exit 0 (also when the stream or group does not exist yet, when MongoDB does
 not answer within :data:`worker.stats.MONGODB_TIMEOUT_S`: one line says so and the Redis
-part is shown, and on Ctrl-C in ``--watch``); 1 when Redis does not answer (``--watch``
-keeps trying instead); 2 for bad flags or settings.
+part is shown); 1 when Redis does not answer (``--watch`` keeps trying instead); 2 for
+bad flags or settings; 130 on Ctrl-C, which is how ``--watch`` ends. ``--watch`` redraws
+the screen when stdout is a terminal and appends otherwise (JSON: one object per line).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import redis
 
 from worker.commands.options import (
     EXIT_FAILURE,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     add_settings_flags,
     command,
@@ -57,6 +59,8 @@ SETTINGS_FLAGS = (
     "mongodb_db",
     "stale_after_s",
     "max_entry_ahead_s",
+    "log_level",
+    "log_format",
 )
 
 
@@ -83,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "flagging servers silent for half of --stale-after-s or more and over it. Read-only. "
         f"MongoDB gets {MONGODB_TIMEOUT_S:g} s; when it does not answer, one line says so. "
         "Exit codes: 0 shown (also without MongoDB), 1 Redis did not answer, 2 bad flags "
-        "or settings.",
+        "or settings, 130 interrupted (how --watch ends).",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
     parser.add_argument(
@@ -92,7 +96,8 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         const=DEFAULT_WATCH_S,
         type=_positive_seconds,
         metavar="SECONDS",
-        help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C",
+        help=f"refresh every SECONDS (default {DEFAULT_WATCH_S:g}) until Ctrl-C (exit 130); "
+        "redraws on a terminal, appends otherwise",
     )
     add_settings_flags(parser, fields=SETTINGS_FLAGS)
     parser.set_defaults(handler=handle)
@@ -183,15 +188,18 @@ def watch(
     sleep: Callable[[float], None] = time.sleep,
     database: Any = None,
 ) -> int:
-    """Refresh until Ctrl-C. JSON is one object per line (for piping); text redraws the
-    screen on a terminal and is separated by blank lines elsewhere. Redis errors go to
-    stderr and the watch goes on."""
+    """Refresh until Ctrl-C (exit 130). On a terminal each snapshot redraws the screen;
+    elsewhere snapshots are appended: JSON one object per line (for piping), text
+    separated by blank lines. Redis errors go to stderr and the watch goes on."""
     out = out or sys.stdout
-    redraw = not as_json and out.isatty()
+    redraw = out.isatty()
+    indent = 2 if redraw else None
     try:
         while True:
             try:
-                text = _snapshot(client, settings, as_json=as_json, indent=None, database=database)
+                text = _snapshot(
+                    client, settings, as_json=as_json, indent=indent, database=database
+                )
             except redis.RedisError as error:
                 # On stderr, so a JSON-lines reader of stdout never sees it.
                 print(_unavailable(settings, error), file=sys.stderr, flush=True)
@@ -201,4 +209,4 @@ def watch(
                 print(text, file=out, end="\n" if as_json or redraw else "\n\n", flush=True)
             sleep(interval_s)
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
