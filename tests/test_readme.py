@@ -371,16 +371,6 @@ def test_the_two_terminals_apply_the_run_without_mongodb(
     publishes from another process: the group reads every entry, acknowledges it, and
     dead-letters nothing (an unknown job would stay pending)."""
     executable = str(Path(sys.executable).parent / "florist-worker")
-    help_text = subprocess.run(
-        [executable, "run", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=ROOT,
-    ).stdout
-    if "--jobs" not in help_text:
-        pytest.skip("florist-worker run has no --jobs option yet")
     names = f"readme-two-{uuid.uuid4().hex[:8]}"
     port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     environment = clean_environment(
