@@ -6,9 +6,12 @@ logs an outage once when it begins, again every :data:`REMIND_S` while it lasts,
 once when it ends, so that an idle worker whose MongoDB is down says so in its logs
 (the consume loop itself only meets MongoDB when an event arrives).
 
+Before it consumes, it claims its consumer name (:mod:`worker.presence`): a name that a
+live worker holds is refused.
+
 Exit codes: 0 after a clean stop, 1 when the configuration cannot work (the
 dead-letter key holds something else than a stream, MongoDB settings the worker
-refuses), 2 for bad flags or settings.
+refuses, a consumer name another live worker holds), 2 for bad flags or settings.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from worker.commands.options import EXIT_OK, add_settings_flags, command, settin
 from worker.connections import connect_database, connect_redis
 from worker.consumer import Worker
 from worker.logs import configure_logging
-from worker.settings import redact_url, unknown_variables
+from worker.presence import ConsumerTaken, Presence
+from worker.settings import Settings, redact_url, unknown_variables
 from worker.store import StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -53,14 +57,26 @@ def handle(arguments: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for warning in unknown_variables():
         log.warning(warning)
+    presence = Presence(connect_redis(settings), settings)
+    presence.claim()
+    try:
+        _consume(settings, presence)
+    finally:
+        presence.stop()
+    if presence.lost:
+        raise ConsumerTaken(f"consumer name {settings.consumer!r} is held by another worker now")
+    return EXIT_OK
+
+
+def _consume(settings: Settings, presence: Presence) -> None:
+    """Run a worker (on the client that claimed its name) until it stops."""
     observers = []
     if settings.metrics_port is not None:
         from worker.prometheus import start_exporter
 
         observers.append(start_exporter(settings))
-    worker = Worker(
-        connect_redis(settings), connect_database(settings), settings, observers=observers
-    )
+    worker = Worker(presence.client, connect_database(settings), settings, observers=observers)
+    presence.start(on_lost=worker.stop)
     watch = ServiceWatch(
         {
             "redis": (redact_url(settings.redis_url), _redis_check(worker.redis)),
@@ -73,7 +89,6 @@ def handle(arguments: argparse.Namespace) -> int:
         worker.run()
     finally:
         watch.stop()
-    return EXIT_OK
 
 
 def _redis_check(client: redis.Redis) -> Callable[[], None]:
