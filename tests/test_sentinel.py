@@ -1,0 +1,370 @@
+"""Redis Sentinel (``redis+sentinel://``): the worker drains through a forced failover and
+through a ``kill -9`` of the primary with nothing lost and documents equal to a run on a
+plain Redis; the producer publishes through Sentinel (with passwords); bad Sentinel URLs
+are one clear line (exit 2); passwords never show.
+
+Each failover test has a Sentinel setup of its own (tests/redis_sentinel.py): a primary, a
+replica and three sentinels with a 1 s down-after time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import mongomock_ng
+import pytest
+import redis
+import structlog
+from florist_events import EventPublisher, StreamMetricsReporter
+from florist_events.urls import client_from_url, parse_sentinel_url
+from pymongo.database import Database
+
+from tests.redis_sentinel import SERVICE, LocalSentinel
+from tests.redis_server import RedisServer
+from tests.support import STREAM, RecordingStore, fixed_id, job_of, settings
+from tests.support import wait_until as wait
+from worker.batch import Planned
+from worker.cli import main
+from worker.connections import connect_redis
+from worker.consumer import Worker
+from worker.events import Event
+from worker.outcomes import Outcome
+from worker.positions import StreamPosition
+from worker.settings import Settings, redact_url
+
+pytestmark = pytest.mark.redis_server
+
+A_UUID = "0c316680-1375-4e07-84c3-a732a2e6d03f"
+
+
+class SlowStore(RecordingStore):
+    """The real store, slowed down so that a failover lands mid-run."""
+
+    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
+        time.sleep(0.08)
+        return super().apply(event, position, dry_run=dry_run)
+
+
+class Settled:
+    """Every settled entry's outcomes, by entry ID (a BatchObserver)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[str]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
+        with self.lock:
+            for item, outcome in results:
+                self.outcomes[item.entry.id].append(outcome.value)
+
+    def ids(self) -> set[str]:
+        with self.lock:
+            return set(self.outcomes)
+
+
+def _publish_fixed(client: redis.Redis, entries: list[dict[str, str]]) -> list[str]:
+    """The entries with the same IDs in every run, so documents compare field by field."""
+    return [
+        str(client.xadd(STREAM, dict(f), id=fixed_id(i)), "ascii") for i, f in enumerate(entries)
+    ]
+
+
+def plain_redis_document(
+    tmp_path: Path, job_document: dict[str, Any], entries: list[dict[str, str]]
+) -> dict[str, Any]:
+    """The job document after one worker drained the entries from a plain Redis."""
+    database = mongomock_ng.MongoClient()["florist-plain"]
+    database["job"].insert_one(dict(job_document))
+    with RedisServer(tmp_path / "plain") as server:
+        client = redis.Redis.from_url(server.url)
+        _publish_fixed(client, entries)
+        Worker(client, database, settings(redis_url=server.url)).drain()
+        client.close()
+    return job_of(database, job_document["_id"])
+
+
+def drain_through_a_failover(
+    sentinel: LocalSentinel,
+    database: Database[Any],
+    tmp_path: Path,
+    fail_over: Callable[[], None],
+) -> tuple[float, Settled, RecordingStore, list[dict[str, Any]]]:
+    """A worker consumes the published entries through the Sentinel URL while
+    ``fail_over`` runs mid-run; returns the seconds from the failover to drained, what
+    was settled, the store and the logs."""
+    worker_settings = settings(
+        redis_url=sentinel.url(),
+        batch_size=2,
+        block_ms=200,
+        socket_timeout_s=1.0,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.5,
+        heartbeat_file=tmp_path / "heartbeat",
+    )
+    client = connect_redis(worker_settings)
+    published = [entry_id for entry_id, _ in client.xrange(STREAM)]
+    store, settled = SlowStore(database), Settled()
+    worker = Worker(client, None, worker_settings, store=store, observers=[settled])
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as error:  # reported by the assertion below
+            failures.append(error)
+            raise
+
+    with structlog.testing.capture_logs() as logs:
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            wait(lambda: len(settled.ids()) >= 6, 20, "the worker to be under way")
+            assert len(settled.ids()) < len(published), "the run ended before the failover"
+            started = time.monotonic()
+            fail_over()
+            wait(
+                lambda: _drained(sentinel, published[-1].decode()) or not thread.is_alive(),
+                45,
+                "every entry to be delivered and acknowledged on the new primary",
+            )
+            drained_s = time.monotonic() - started
+            assert not failures, failures
+        finally:
+            worker.stop()
+            thread.join(timeout=15)
+            client.close()
+    assert not thread.is_alive()
+    return drained_s, settled, store, logs
+
+
+def _drained(sentinel: LocalSentinel, last_id: str) -> bool:
+    """On the primary the sentinels name now (a demoted one may still answer for a
+    while): the group has read up to ``last_id`` and has nothing pending."""
+    try:
+        client = sentinel.data_client(sentinel.primary())
+    except RuntimeError:  # the sentinels do not agree yet
+        return False
+    try:
+        (group,) = client.xinfo_groups(STREAM)
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+    return group["pending"] == 0 and group["last-delivered-id"].decode() == last_id
+
+
+def assert_nothing_lost(
+    database: Database[Any],
+    job_document: dict[str, Any],
+    expected: dict[str, Any],
+    settled: Settled,
+    store: RecordingStore,
+    entries: list[dict[str, str]],
+) -> None:
+    assert job_of(database, job_document["_id"]) == expected
+    assert len(settled.ids()) == len(entries)
+    assert store.applied_twice() == []
+    for entry_id, outcomes in settled.outcomes.items():
+        effective = [o for o in outcomes if o in ("applied", "coalesced")]
+        assert len(effective) == 1, (entry_id, outcomes)
+        assert set(outcomes) <= {"applied", "coalesced", "duplicate"}, (entry_id, outcomes)
+
+
+def test_a_forced_failover_mid_run_loses_nothing(
+    tmp_path: Path, database: Database[Any], job_document: dict[str, Any], sample_entries
+) -> None:
+    expected = plain_redis_document(tmp_path, job_document, sample_entries)
+    database["job"].insert_one(dict(job_document))
+    with LocalSentinel(tmp_path / "sentinel") as sentinel:
+        producer = client_from_url(sentinel.url())
+        _publish_fixed(producer, sample_entries)
+        producer.close()
+        sentinel.wait_replicated()
+        old = sentinel.primary()
+
+        def fail_over() -> None:
+            sentinel.force_failover()
+            sentinel.wait_failed_over(old)
+
+        drained_s, settled, store, logs = drain_through_a_failover(
+            sentinel, database, tmp_path, fail_over
+        )
+    assert_nothing_lost(database, job_document, expected, settled, store, sample_entries)
+    print(f"SENTINEL FAILOVER to drained: {drained_s:.1f} s")  # noqa: T201 (figure for docs)
+    events = [entry["event"] for entry in logs]
+    assert "outage: backing off, acknowledging nothing" in events  # the demotion, waited out
+    assert "outage over" in events
+
+
+def test_a_killed_primary_mid_run_loses_nothing(
+    tmp_path: Path, database: Database[Any], job_document: dict[str, Any], sample_entries
+) -> None:
+    expected = plain_redis_document(tmp_path, job_document, sample_entries)
+    database["job"].insert_one(dict(job_document))
+    with LocalSentinel(tmp_path / "sentinel") as sentinel:
+        producer = client_from_url(sentinel.url())
+        _publish_fixed(producer, sample_entries)
+        producer.close()
+        sentinel.wait_replicated()
+        old = sentinel.primary()
+
+        def kill() -> None:
+            old.kill()
+            sentinel.wait_failed_over(old)
+
+        drained_s, settled, store, logs = drain_through_a_failover(
+            sentinel, database, tmp_path, kill
+        )
+    assert_nothing_lost(database, job_document, expected, settled, store, sample_entries)
+    print(f"kill -9 of the primary to drained: {drained_s:.1f} s")  # noqa: T201
+    events = [entry["event"] for entry in logs]
+    assert "outage: backing off, acknowledging nothing" in events
+    assert "outage over" in events
+
+
+# -- the producer -----------------------------------------------------------------------------
+
+
+def test_the_producer_publishes_through_sentinel_with_passwords(tmp_path: Path) -> None:
+    with LocalSentinel(
+        tmp_path / "sentinel", password="data-secret", sentinel_password="sentinel-secret"
+    ) as sentinel:
+        url = sentinel.url()
+        assert ":data-secret@" in url
+        publisher = EventPublisher.from_url(url, STREAM, sentinel_password="sentinel-secret")
+        reporter = StreamMetricsReporter(
+            url=url,
+            run_id=A_UUID,
+            sentinel_password="sentinel-secret",
+            stream=STREAM,
+            heartbeat_interval_s=None,
+        )
+        worker_client = connect_redis(
+            Settings(redis_url=url, redis_sentinel_password="sentinel-secret")
+        )
+        try:
+            entry_id = publisher.status("job-1", "IN_PROGRESS")
+            reporter.initialize()
+            reporter.report({"fit_start": "t", "host_type": "server"})
+            reporter.shutdown()
+            assert not reporter.pending
+            entries = worker_client.xrange(STREAM)
+            assert [e[0].decode() for e in entries][0] == entry_id
+            assert entries[-1][1][b"server_uuid"] == A_UUID.encode()
+            assert worker_client.get(A_UUID) is not None  # FLorist's snapshot key
+            primary = sentinel.data_client(sentinel.primary())
+            assert primary.xlen(STREAM) == 2  # on the primary the sentinels name
+            primary.close()
+        finally:
+            publisher.close()
+            reporter.publisher.close()
+            worker_client.close()
+
+        unauthorised = EventPublisher.from_url(url, STREAM)  # no sentinel password
+        with pytest.raises(redis.ConnectionError, match="No master found"):
+            unauthorised.status("job-1", "IN_PROGRESS")
+        unauthorised.close()
+
+
+def test_the_producer_client_keeps_its_fail_fast_settings(tmp_path: Path) -> None:
+    publisher = EventPublisher.from_url(
+        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc/0", STREAM, timeout_s=0.2
+    )
+    pool = publisher.redis.connection_pool
+    assert pool.connection_kwargs["socket_timeout"] == 0.2
+    assert pool.connection_kwargs["retry"].get_retries() == 0
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError, match="No master found for 'svc'"):
+        publisher.status("job-1", "IN_PROGRESS")
+    assert time.monotonic() - started < 2  # no sentinel answers: fails at once
+
+
+def test_a_sentinel_url_for_a_cluster_client_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a Redis Cluster"):
+        EventPublisher.from_url("redis+sentinel://h:26379/svc", STREAM, cluster=True)
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+def test_a_sentinel_url_names_sentinels_service_database_and_the_primary_s_credentials() -> None:
+    url = "rediss+sentinel://user:p%40ss@s1:26380,s2,[::1]:26381/my-primary/3?ssl_cert_reqs=none"
+    parsed = parse_sentinel_url(url)
+    assert parsed.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
+    assert parsed.service == "my-primary"
+    assert parsed.tls
+    assert dict(parsed.options) == {
+        "username": "user",
+        "password": "p@ss",
+        "db": 3,
+        "ssl_cert_reqs": "none",
+    }
+    assert parse_sentinel_url("redis+sentinel://s1/p").options == {"db": 0}
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel:///svc/0", "no sentinel address"),
+        ("redis+sentinel://s1:26379", "no service name"),
+        ("redis+sentinel://s1:26379/", "no service name"),
+        ("redis+sentinel://s1:26379/svc/zero", "bad database 'zero'"),
+        ("redis+sentinel://s1:26379/svc/0/1", "bad database '0/1'"),
+        ("redis+sentinel://s1:port/svc", "bad sentinel address 's1:port'"),
+        ("redis+sentinel://s1,,s2/svc", "empty sentinel address"),
+    ],
+)
+def test_a_bad_sentinel_url_says_what_is_wrong(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        parse_sentinel_url(url)
+    with pytest.raises(ValueError, match=problem):
+        Settings(redis_url=url)
+
+
+COMMANDS = {
+    "run": ["run"],
+    "replay": ["replay"],
+    "dlq": ["dlq", "list"],
+    "stats": ["stats"],
+    "emit": ["emit", "status", "--job", "j", "--status", "IN_PROGRESS"],
+    "demo": ["demo", "--fast"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_refuses_a_malformed_sentinel_url_with_one_line_and_exit_2(
+    command: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("FLORIST_REDIS_URL", raising=False)
+    argv = [*COMMANDS[command], "--redis-url", "redis+sentinel://:hunter2@s1:26379,s2:x/svc/0"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"florist-worker {command}: error: invalid settings: redis_url")
+    assert "bad sentinel address 's2:x'" in lines[0]
+    assert "hunter2" not in err + out
+
+
+def test_a_sentinel_url_with_cluster_mode_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["stats", "--redis-url", "redis+sentinel://s1:26379/svc", "--redis-cluster", "true"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert "Sentinel watches one primary, not a Redis Cluster" in lines[0]
+
+
+def test_passwords_of_a_sentinel_setup_never_show() -> None:
+    url = f"redis+sentinel://florist-worker:data-secret@s1:26379,s2:26379/{SERVICE}/0"
+    assert redact_url(url) == f"redis+sentinel://florist-worker:***@s1:26379,s2:26379/{SERVICE}/0"
+    values = Settings(redis_url=url, redis_sentinel_password="sentinel-secret").redacted()
+    assert "data-secret" not in str(values) and "sentinel-secret" not in str(values)
+    assert values["redis_sentinel_password"] == "**********"
+    assert "data-secret" not in repr(parse_sentinel_url(url))
