@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.redis_server import free_port
 from tests.support import wait_until
 from worker.cluster import slot
 from worker.presence import ConsumerTaken, Presence, presence_key
@@ -90,7 +91,8 @@ def environment(redis_url: str, tmp_path: Path) -> dict[str, str]:
     values = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLORIST_")}
     return values | {
         "FLORIST_REDIS_URL": redis_url,
-        "FLORIST_MONGODB_URI": "memory://",
+        # No MongoDB answers: the worker waits for it (and logs nothing before its claim).
+        "FLORIST_MONGODB_URI": f"mongodb://127.0.0.1:{free_port()}/",
         "FLORIST_STREAM": f"presence-{uuid.uuid4().hex[:8]}:events",
         "FLORIST_CONSUMER": NAME,
         "FLORIST_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),

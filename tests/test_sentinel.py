@@ -21,7 +21,7 @@ import pytest
 import redis
 import structlog
 from florist_events import EventPublisher, StreamMetricsReporter
-from florist_events.urls import client_from_url, parse_sentinel_url
+from florist_events.urls import client_from_url
 from pymongo.database import Database
 
 from tests.redis_sentinel import LocalSentinel
@@ -273,57 +273,7 @@ def test_the_producer_publishes_through_sentinel_with_passwords(tmp_path: Path) 
         unauthorised.close()
 
 
-def test_the_producer_client_keeps_its_fail_fast_settings(tmp_path: Path) -> None:
-    publisher = EventPublisher.from_url(
-        "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc/0", STREAM, timeout_s=0.2
-    )
-    pool = publisher.redis.connection_pool
-    assert pool.connection_kwargs["socket_timeout"] == 0.2
-    assert pool.connection_kwargs["retry"].get_retries() == 0
-    started = time.monotonic()
-    with pytest.raises(redis.ConnectionError, match="No master found for 'svc'"):
-        publisher.status("job-1", "IN_PROGRESS")
-    assert time.monotonic() - started < 2  # no sentinel answers: fails at once
-
-
-def test_a_sentinel_url_for_a_cluster_client_is_refused() -> None:
-    with pytest.raises(ValueError, match="not a Redis Cluster"):
-        EventPublisher.from_url("redis+sentinel://h:26379/svc", STREAM, cluster=True)
-
-
-# -- URLs -------------------------------------------------------------------------------------
-
-
-def test_a_sentinel_url_names_sentinels_service_database_and_the_primary_s_credentials() -> None:
-    url = "rediss+sentinel://user:p%40ss@s1:26380,s2,[::1]:26381/my-primary/3?ssl_cert_reqs=none"
-    parsed = parse_sentinel_url(url)
-    assert parsed.sentinels == (("s1", 26380), ("s2", 26379), ("::1", 26381))
-    assert parsed.service == "my-primary"
-    assert parsed.tls
-    assert dict(parsed.options) == {
-        "username": "user",
-        "password": "p@ss",
-        "db": 3,
-        "ssl_cert_reqs": "none",
-    }
-    assert parse_sentinel_url("redis+sentinel://s1/p").options == {"db": 0}
-
-
-@pytest.mark.parametrize(
-    ("url", "problem"),
-    [
-        ("redis+sentinel:///svc/0", "no sentinel address"),
-        ("redis+sentinel://s1:26379", "no service name"),
-        ("redis+sentinel://s1:26379/", "no service name"),
-        ("redis+sentinel://s1:26379/svc/zero", "bad database 'zero'"),
-        ("redis+sentinel://s1:26379/svc/0/1", "bad database '0/1'"),
-        ("redis+sentinel://s1:port/svc", "bad sentinel address 's1:port'"),
-        ("redis+sentinel://s1,,s2/svc", "empty sentinel address"),
-    ],
-)
-def test_a_bad_sentinel_url_says_what_is_wrong(url: str, problem: str) -> None:
-    with pytest.raises(ValueError, match=problem):
-        parse_sentinel_url(url)
+# -- the command line ---------------------------------------------------------------------------
 
 
 COMMANDS = {
@@ -359,7 +309,3 @@ def test_a_sentinel_url_with_cluster_mode_is_one_line_and_exit_2(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1, lines
     assert "Sentinel watches one primary, not a Redis Cluster" in lines[0]
-
-
-def test_the_parsed_url_does_not_show_the_password() -> None:
-    assert "data-secret" not in repr(parse_sentinel_url("redis+sentinel://:data-secret@s1/p"))

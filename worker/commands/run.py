@@ -57,10 +57,18 @@ def handle(arguments: argparse.Namespace) -> int:
     configure_logging(settings.log_level, settings.log_format)
     for warning in unknown_variables():
         log.warning(warning)
-    presence = Presence(connect_redis(settings), settings)
+    observers = []
+    if settings.metrics_port is not None:
+        from worker.prometheus import start_exporter
+
+        observers.append(start_exporter(settings))
+    worker = Worker(
+        connect_redis(settings), connect_database(settings), settings, observers=observers
+    )
+    presence = Presence(worker.redis, settings)
     presence.claim()
     try:
-        _consume(settings, presence)
+        _consume(worker, settings, presence)
     finally:
         presence.stop()
     if presence.lost:
@@ -68,14 +76,8 @@ def handle(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _consume(settings: Settings, presence: Presence) -> None:
-    """Run a worker (on the client that claimed its name) until it stops."""
-    observers = []
-    if settings.metrics_port is not None:
-        from worker.prometheus import start_exporter
-
-        observers.append(start_exporter(settings))
-    worker = Worker(presence.client, connect_database(settings), settings, observers=observers)
+def _consume(worker: Worker, settings: Settings, presence: Presence) -> None:
+    """Run the worker, its name held and its services watched, until it stops."""
     presence.start(on_lost=worker.stop)
     watch = ServiceWatch(
         {
