@@ -273,6 +273,45 @@ def test_the_producer_publishes_through_sentinel_with_passwords(tmp_path: Path) 
         unauthorised.close()
 
 
+def test_with_min_replicas_to_write_a_forced_failover_refuses_a_publish_but_loses_none(
+    tmp_path: Path,
+) -> None:
+    """After ``SENTINEL FAILOVER`` the old primary stays writable until the sentinels
+    reconfigure it (~10 s): a producer still connected to it would add entries that are
+    lost. With ``min-replicas-to-write 1`` it refuses them (NOREPLICAS) instead, and the
+    producer's next attempts land on the new primary."""
+    with LocalSentinel(tmp_path / "sentinel") as sentinel:
+        for node in sentinel.data_nodes:
+            client = sentinel.data_client(node)
+            client.config_set("min-replicas-to-write", 1)
+            client.config_set("min-replicas-max-lag", 10)
+            client.close()
+        primary = sentinel.data_client(sentinel.primary())
+        wait(lambda: primary.info("replication").get("min_slaves_good_slaves") == 1, 10)
+        primary.close()
+        publisher = EventPublisher.from_url(sentinel.url(), STREAM)
+        first = publisher.status("job-1", "IN_PROGRESS")  # connected to the old primary
+        old = sentinel.primary()
+        sentinel.force_failover()
+        new = sentinel.wait_failed_over(old)
+        refusals: list[str] = []
+        deadline = time.monotonic() + 40
+        while True:
+            try:
+                second = publisher.status("job-1", "FINISHED_SUCCESSFULLY")
+                break
+            except redis.RedisError as error:  # what a reporter logs, keeping the snapshot
+                refusals.append(f"{type(error).__name__}: {error}")
+                assert time.monotonic() < deadline, refusals[-3:]
+                time.sleep(0.2)
+        publisher.close()
+        assert refusals and "NOREPLICAS" in refusals[0]
+        client = sentinel.data_client(new)
+        ids = [entry_id.decode() for entry_id, _ in client.xrange(STREAM)]
+        client.close()
+        assert ids == [first, second]
+
+
 # -- the command line ---------------------------------------------------------------------------
 
 
