@@ -115,9 +115,8 @@ def drain_through_a_failover(
     def run() -> None:
         try:
             worker.run()
-        except BaseException as error:  # reported by the assertion below
+        except BaseException as error:  # noqa: BLE001 (reported by the assertion below)
             failures.append(error)
-            raise
 
     with structlog.testing.capture_logs() as logs:
         thread = threading.Thread(target=run, daemon=True)
@@ -175,12 +174,37 @@ def assert_nothing_lost(
         assert set(outcomes) <= {"applied", "coalesced", "duplicate"}, (entry_id, outcomes)
 
 
-def test_a_forced_failover_mid_run_loses_nothing(
-    tmp_path: Path, database: Database[Any], job_document: dict[str, Any], sample_entries
+FAILOVERS = [
+    pytest.param("SENTINEL FAILOVER", False, id="sentinel-failover"),
+    pytest.param("kill -9 of the primary", False, id="kill-9"),
+    pytest.param(
+        "SENTINEL FAILOVER",
+        True,
+        id="sentinel-failover-min-replicas",
+        marks=pytest.mark.xfail(
+            strict=False,
+            reason="the demoted primary answers NOREPLICAS, a plain ResponseError that ends "
+            "the worker until the Redis failure classifier (worker/redis_failures.py, "
+            "issue 19 item 1) counts it as an outage",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(("failover", "min_replicas"), FAILOVERS)
+def test_a_failover_mid_run_loses_nothing(
+    failover: str,
+    min_replicas: bool,
+    tmp_path: Path,
+    database: Database[Any],
+    job_document: dict[str, Any],
+    sample_entries: list[dict[str, str]],
 ) -> None:
     expected = plain_redis_document(tmp_path, job_document, sample_entries)
     database["job"].insert_one(dict(job_document))
     with LocalSentinel(tmp_path / "sentinel") as sentinel:
+        if min_replicas:
+            require_a_replica(sentinel)
         producer = client_from_url(sentinel.url())
         _publish_fixed(producer, sample_entries)
         producer.close()
@@ -188,45 +212,33 @@ def test_a_forced_failover_mid_run_loses_nothing(
         old = sentinel.primary()
 
         def fail_over() -> None:
-            sentinel.force_failover()
+            if failover == "SENTINEL FAILOVER":
+                sentinel.force_failover()
+            else:
+                old.kill()
             sentinel.wait_failed_over(old)
 
         drained_s, settled, store, logs = drain_through_a_failover(
             sentinel, database, tmp_path, fail_over
         )
     assert_nothing_lost(database, job_document, expected, settled, store, sample_entries)
-    print(
-        f"SENTINEL FAILOVER to drained: {drained_s:.1f} s"
-    )  # the figure docs/redis-sentinel.md quotes
+    print(f"{failover} to drained: {drained_s:.1f} s")  # the figure the docs quote
     events = [entry["event"] for entry in logs]
-    assert "outage: backing off, acknowledging nothing" in events  # the demotion, waited out
+    assert "outage: backing off, acknowledging nothing" in events  # the failover, waited out
     assert "outage over" in events
+    assert "re-reading this consumer's pending entries after a Redis Sentinel outage" in events
 
 
-def test_a_killed_primary_mid_run_loses_nothing(
-    tmp_path: Path, database: Database[Any], job_document: dict[str, Any], sample_entries
-) -> None:
-    expected = plain_redis_document(tmp_path, job_document, sample_entries)
-    database["job"].insert_one(dict(job_document))
-    with LocalSentinel(tmp_path / "sentinel") as sentinel:
-        producer = client_from_url(sentinel.url())
-        _publish_fixed(producer, sample_entries)
-        producer.close()
-        sentinel.wait_replicated()
-        old = sentinel.primary()
-
-        def kill() -> None:
-            old.kill()
-            sentinel.wait_failed_over(old)
-
-        drained_s, settled, store, logs = drain_through_a_failover(
-            sentinel, database, tmp_path, kill
-        )
-    assert_nothing_lost(database, job_document, expected, settled, store, sample_entries)
-    print(f"kill -9 of the primary to drained: {drained_s:.1f} s")
-    events = [entry["event"] for entry in logs]
-    assert "outage: backing off, acknowledging nothing" in events
-    assert "outage over" in events
+def require_a_replica(sentinel: LocalSentinel) -> None:
+    """``min-replicas-to-write 1`` on both data nodes, in effect on the primary."""
+    for node in sentinel.data_nodes:
+        client = sentinel.data_client(node)
+        client.config_set("min-replicas-to-write", 1)
+        client.config_set("min-replicas-max-lag", 10)
+        client.close()
+    primary = sentinel.data_client(sentinel.primary())
+    wait(lambda: primary.info("replication").get("min_slaves_good_slaves") == 1, 10)
+    primary.close()
 
 
 # -- the producer -----------------------------------------------------------------------------
@@ -281,14 +293,7 @@ def test_with_min_replicas_to_write_a_forced_failover_refuses_a_publish_but_lose
     lost. With ``min-replicas-to-write 1`` it refuses them (NOREPLICAS) instead, and the
     producer's next attempts land on the new primary."""
     with LocalSentinel(tmp_path / "sentinel") as sentinel:
-        for node in sentinel.data_nodes:
-            client = sentinel.data_client(node)
-            client.config_set("min-replicas-to-write", 1)
-            client.config_set("min-replicas-max-lag", 10)
-            client.close()
-        primary = sentinel.data_client(sentinel.primary())
-        wait(lambda: primary.info("replication").get("min_slaves_good_slaves") == 1, 10)
-        primary.close()
+        require_a_replica(sentinel)
         publisher = EventPublisher.from_url(sentinel.url(), STREAM)
         first = publisher.status("job-1", "IN_PROGRESS")  # connected to the old primary
         old = sentinel.primary()

@@ -27,6 +27,8 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from redis.sentinel import Sentinel
 
 __all__ = [
@@ -116,6 +118,7 @@ def sentinel_client(
     asking: dict[str, Any] = {
         key: value for key, value in options.items() if key.startswith("socket_")
     }
+    asking["retry"] = Retry(NoBackoff(), 0)  # as recent redis-py does; older ones retried
     if sentinel_password:
         asking["password"] = sentinel_password
     primary = {**options, **address.options}
