@@ -320,6 +320,25 @@ def test_with_min_replicas_to_write_a_forced_failover_refuses_a_publish_but_lose
 # -- the command line ---------------------------------------------------------------------------
 
 
+def test_the_commands_work_through_a_sentinel_url_with_passwords(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with LocalSentinel(
+        tmp_path / "sentinel", password="data-secret", sentinel_password="sentinel-secret"
+    ) as sentinel:
+        monkeypatch.setenv("FLORIST_REDIS_URL", sentinel.url())
+        monkeypatch.setenv("FLORIST_REDIS_SENTINEL_PASSWORD", "sentinel-secret")
+        assert main(["emit", "status", "--job", "job-1", "--status", "IN_PROGRESS"]) == 0
+        entry_id = capsys.readouterr().out.strip()
+        assert main(["dlq", "list"]) == 0
+        assert main(["stats", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert "data-secret" not in out + err and "sentinel-secret" not in out + err
+        primary = sentinel.data_client(sentinel.primary())
+        assert primary.xrange(STREAM)[0][0].decode() == entry_id
+        primary.close()
+
+
 COMMANDS = {
     "run": ["run"],
     "replay": ["replay"],
