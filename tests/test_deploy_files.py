@@ -766,7 +766,43 @@ def test_worker_can_consume_dead_letter_and_requeue(acl_server: RedisServer) -> 
         denied(worker.execute_command, "SAVE")
         denied(worker.execute_command, "CLIENT", "LIST")
         denied(worker.acl_list)
-        denied(worker.eval, "return 1", 0)
+        # Scripts run with the user's own permissions: DEL and GET on presence keys only.
+        with pytest.raises(redis.ResponseError, match="can't access"):
+            worker.eval("return redis.call('DEL', KEYS[1])", 1, stream)
+        assert worker.xlen(stream) == 3
+        denied(worker.get, stream)
+    finally:
+        producer.close()
+        worker.close()
+
+
+@pytest.mark.redis_server
+def test_the_worker_holds_its_consumer_name_and_the_producer_cannot_touch_it(
+    acl_server: RedisServer,
+) -> None:
+    from worker.presence import ConsumerTaken, Presence
+    from worker.settings import Settings
+
+    producer = connect(acl_server, "florist-producer")
+    worker = connect(acl_server, "florist-worker")
+    settings = Settings(consumer="host-1", heartbeat_ttl_s=30)
+    presence = Presence(worker, settings)
+    try:
+        presence.claim()
+        assert presence.key == "florist:events:consumer:florist-worker:host-1"
+        assert presence.renew()
+        with pytest.raises(ConsumerTaken):
+            Presence(worker, settings).claim()
+
+        denied(producer.get, presence.key)
+        denied(producer.set, presence.key, "another")
+        denied(producer.delete, presence.key)
+        denied(producer.pexpire, presence.key, 1)
+        denied(producer.eval, "return 1", 0)
+        assert worker.get(presence.key) == presence.holder.encode()
+
+        presence.release()
+        assert worker.get(presence.key) is None
     finally:
         producer.close()
         worker.close()

@@ -16,6 +16,11 @@ from worker.settings import Settings, redact_url
         ("mongodb://u:p%40ss@h1,h2/?tls=true", "mongodb://u:***@h1,h2/?tls=true"),
         ("redis://localhost:6379/0", "redis://localhost:6379/0"),
         ("memory://", "memory://"),
+        (
+            "redis+sentinel://w:s3cret@s1:26379,s2:26379/primary/0",
+            "redis+sentinel://w:***@s1:26379,s2:26379/primary/0",
+        ),
+        ("rediss+sentinel://:s3cret@s1/primary", "rediss+sentinel://:***@s1/primary"),
     ],
 )
 def test_passwords_never_reach_the_logs(url, shown):
@@ -29,11 +34,28 @@ def test_the_start_up_line_is_redacted():
     assert "s3cret" not in str(settings.redacted()) and "t0p" not in str(settings.redacted())
 
 
+def test_the_sentinel_password_is_hidden_in_the_start_up_line():
+    settings = Settings(
+        redis_url="redis+sentinel://:s3cret@s1:26379/primary/0", redis_sentinel_password="t0p"
+    )
+    assert settings.sentinel_password == "t0p"
+    values = settings.redacted()
+    assert values["redis_sentinel_password"] == "**********"
+    assert "s3cret" not in str(values) and "t0p" not in str(values) and "t0p" not in repr(settings)
+    assert Settings().sentinel_password is None
+
+
 def test_environment_variables_are_read(monkeypatch):
     monkeypatch.setenv("FLORIST_STREAM", "other:events")
     monkeypatch.setenv("FLORIST_MAX_DELIVERIES", "9")
     settings = Settings()
     assert (settings.stream, settings.max_deliveries) == ("other:events", 9)
+
+
+def test_a_sentinel_url_in_cluster_mode_is_refused():
+    with pytest.raises(ValidationError, match="Sentinel watches one primary, not a Redis Cluster"):
+        Settings(redis_url="redis+sentinel://s1:26379/primary", redis_cluster=True)
+    Settings(redis_url="redis+sentinel://s1:26379/primary", redis_cluster=False)
 
 
 def test_block_must_stay_below_the_socket_timeout():
@@ -42,11 +64,15 @@ def test_block_must_stay_below_the_socket_timeout():
     Settings(block_ms=4999, socket_timeout_s=5)
 
 
-def test_consumer_name_defaults_to_host_and_pid():
+def test_consumer_name_defaults_to_host_pid_and_a_random_part():
     import os
+    import re
     import socket
 
-    assert Settings().consumer == f"{socket.gethostname()}-{os.getpid()}"
+    first, second = Settings().consumer, Settings().consumer
+    prefix = re.escape(f"{socket.gethostname()}-{os.getpid()}-")
+    assert re.fullmatch(prefix + "[0-9a-f]{6}", first), first
+    assert first != second  # one host, one pid (a container's pid 1): still two names
 
 
 # -- settings refuse typos --------------------------------------------------------------------
@@ -75,7 +101,15 @@ def test_a_log_format_typo_is_refused(typo, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "url", ["redis://localhost:6379/0", "rediss://u:p@h:6380/0", "unix:///tmp/redis.sock"]
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "rediss://u:p@h:6380/0",
+        "unix:///tmp/redis.sock",
+        "redis+sentinel://s1:26379,s2:26379,s3:26379/primary/0",
+        "rediss+sentinel://u:p@s1/primary",
+        "REDIS+SENTINEL://s1/primary/2",
+    ],
 )
 def test_redis_urls_that_work(url):
     assert Settings(redis_url=url).redis_url == url
@@ -88,6 +122,10 @@ def test_redis_urls_that_work(url):
         ("localhost:6379", "expected redis://"),
         ("http://localhost", "unsupported scheme http://"),
         ("redis://:s3cret@h:port/0", "bad port"),
+        ("redis+sentinel://:s3cret@s1:26379", "no service name"),
+        ("redis+sentinel://:s3cret@s1:x/primary", "bad sentinel address 's1:x'"),
+        ("redis+sentinel://:s3cret@s1/primary/db0", "bad database 'db0'"),
+        ("redis+sentinel://:s3cret@/primary", "no sentinel address"),
     ],
 )
 def test_redis_urls_that_cannot_work_are_refused_without_the_password(url, problem):

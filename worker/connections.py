@@ -5,7 +5,9 @@ setting and its variable, never the password); a MongoDB client that cannot be b
 for another reason (the in-memory extra missing, an SRV record that does not resolve)
 raises :class:`worker.errors.Misconfigured`. Nothing here waits for a service: with
 ``FLORIST_REDIS_CLUSTER=true`` the cluster client reads the topology at its first command
-(see :mod:`worker.cluster`).
+(see :mod:`worker.cluster`); with a ``redis+sentinel://`` URL the client asks the sentinels
+where the primary is at its first command, and again after every connection error
+(see :mod:`florist_events.urls`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, cast
 
 import redis
 import structlog
+from florist_events.urls import client_from_url
 from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import ConfigurationError, InvalidName, InvalidURI
@@ -32,6 +35,9 @@ def connect_redis(settings: Settings) -> redis.Redis:
 
     With ``redis_cluster`` it is a :class:`worker.cluster.ClusterClient`: it answers the
     same commands, each sent to the node that holds its key's slot, and follows failovers.
+    With a ``redis+sentinel://`` URL it is redis-py's Sentinel-managed client of the
+    primary (``FLORIST_REDIS_SENTINEL_PASSWORD`` for the sentinels): a failover is a
+    connection error, waited out like any outage, after which it finds the new primary.
     """
     options: dict[str, Any] = {
         "socket_timeout": settings.socket_timeout_s,
@@ -43,7 +49,9 @@ def connect_redis(settings: Settings) -> redis.Redis:
         if settings.redis_cluster:
             client = connect_cluster(settings.redis_url, redact_url(settings.redis_url), **options)
             return cast(redis.Redis, client)  # duck-typed: the commands of redis.Redis
-        return redis.Redis.from_url(settings.redis_url, **options)
+        return client_from_url(
+            settings.redis_url, sentinel_password=settings.sentinel_password, **options
+        )
     except ValueError as error:
         raise InvalidSetting("redis_url", _without(settings.redis_url, error)) from None
 

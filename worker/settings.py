@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import secrets
 import socket
 import tempfile
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any, Final, Literal, Self, get_args
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator, model_validator
+from florist_events.urls import SENTINEL_SCHEMES, is_sentinel_url, parse_sentinel_url
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.events import DEFAULT_MAX_ENTRY_BYTES, DEFAULT_MAX_METRICS_DEPTH, Limits
@@ -25,7 +27,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["json", "console", "auto"]
 LOG_LEVELS: Final[tuple[str, ...]] = get_args(LogLevel)
 LOG_FORMATS: Final[tuple[str, ...]] = get_args(LogFormat)
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
 MONGODB_SCHEMES: Final = ("mongodb", "mongodb+srv", "memory")
 DATABASE_NAME_FORBIDS: Final = frozenset(' ./\\"$\x00')
 # FLORIST_* variables that are not settings of the worker but are expected in its
@@ -49,8 +51,13 @@ def env_name(setting: str) -> str:
 
 
 def default_consumer_name() -> str:
-    """``<hostname>-<pid>``: unique per process, readable in XINFO CONSUMERS."""
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """``<hostname>-<pid>-<random>``, readable in XINFO CONSUMERS and unique even where
+    processes share a hostname and a pid (containers on one host network, each pid 1).
+
+    A restarted worker so gets a new name: its predecessor's pending entries are claimed
+    after ``claim_idle_ms``; set ``FLORIST_CONSUMER`` per replica to take them back at
+    start instead (one live worker per name: see :mod:`worker.presence`)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def _default_dead_stream(values: dict[str, Any]) -> str:
@@ -63,9 +70,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLORIST_", extra="ignore", frozen=True)
 
-    redis_url: str = Field("redis://localhost:6379/0", description="Redis URL (rediss:// for TLS)")
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="Redis URL (rediss:// for TLS; redis+sentinel://host:26379,.../<service>/<db> "
+        "behind Redis Sentinel)",
+    )
     redis_cluster: bool = Field(
         False, description="Redis Cluster mode: the URL is one node (docs/cluster.md)"
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="password of the sentinels of a redis+sentinel:// URL, if they need one"
     )
     mongodb_uri: str = Field(
         "mongodb://localhost:27017",
@@ -178,6 +192,21 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _sentinel_is_no_cluster(self) -> Self:
+        if self.redis_cluster and is_sentinel_url(self.redis_url):
+            raise ValueError(
+                "FLORIST_REDIS_URL is a Sentinel URL (redis+sentinel://) and FLORIST_REDIS_CLUSTER "
+                "is true: Sentinel watches one primary, not a Redis Cluster; unset one of them"
+            )
+        return self
+
+    @property
+    def sentinel_password(self) -> str | None:
+        """FLORIST_REDIS_SENTINEL_PASSWORD as text, or None."""
+        secret = self.redis_sentinel_password
+        return None if secret is None else secret.get_secret_value()
+
+    @model_validator(mode="after")
     def _block_below_socket_timeout(self) -> Self:
         if self.block_ms >= self.socket_timeout_s * 1000:
             raise ValueError(
@@ -210,6 +239,9 @@ def check_url(url: str, schemes: tuple[str, ...]) -> None:
     if parts.scheme.lower() not in schemes or not url[len(parts.scheme) :].startswith("://"):
         shown = f"{parts.scheme}://" if parts.scheme else repr(redact_url(url))
         raise ValueError(f"unsupported scheme {shown}: expected {accepted}")
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)  # its sentinels, service and database, each checked
+        return
     if "," in parts.netloc:
         return  # a MongoDB seed list (h1:27017,h2:27017): pymongo checks each port
     try:

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 import structlog
+from florist_events.urls import is_sentinel_url
 
 from worker.cluster import CLUSTER_OUTAGES, NotACluster, check_names, is_cluster
 from worker.errors import Misconfigured
@@ -109,9 +110,13 @@ class GroupStream:
         # Redis Cluster: every key of a transaction in one slot (refused here, at start),
         # and after an outage (a failover) this consumer's pending entries are read again:
         # acknowledgements the promoted replica never received leave them pending here.
+        # The same after an outage behind Redis Sentinel.
         self.cluster = is_cluster(client, settings.redis_cluster)
         if self.cluster:
             check_names(self.stream, self.dead_stream)
+        self._failover_kind = "Redis Cluster" if self.cluster else None
+        if is_sentinel_url(settings.redis_url):
+            self._failover_kind = "Redis Sentinel"
         self._reread_own = False
         self._reread_cursor = "0"
 
@@ -121,7 +126,7 @@ class GroupStream:
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, *CLUSTER_OUTAGES):
-            if self.cluster and not self._reread_own:
+            if self._failover_kind is not None and not self._reread_own:
                 self._reread_own, self._reread_cursor = True, "0"
             raise
 
@@ -188,7 +193,7 @@ class GroupStream:
         have lost acknowledgements); empty, and done, once all were seen."""
         if self._reread_cursor == "0":
             log.warning(
-                "re-reading this consumer's pending entries after a Redis Cluster outage",
+                f"re-reading this consumer's pending entries after a {self._failover_kind} outage",
                 stream=self.stream,
                 consumer=self.consumer,
             )

@@ -27,6 +27,7 @@ import sys
 from typing import Any, Final
 
 import redis
+from florist_events.urls import client_from_url
 from pydantic import ValidationError
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
@@ -221,7 +222,7 @@ def open_redis(
             "in-process fakeredis (--fake-redis)"
         )
     if url is not None:
-        problem = _ping(url, EXPLICIT_TIMEOUT_S)
+        problem = _ping(url, EXPLICIT_TIMEOUT_S, settings.sentinel_password)
         if problem is not None:
             raise SetupError(f"Redis at {redact_url(url)} (--redis-url) did not answer: {problem}")
         return connect_redis(settings), f"{redact_url(url)} (--redis-url)"
@@ -253,11 +254,12 @@ def open_database(settings: Settings) -> tuple[Database[Any], str]:
     return database, f"{uri}, database {settings.mongodb_db}"
 
 
-def _ping(url: str, timeout_s: float) -> str | None:
+def _ping(url: str, timeout_s: float, sentinel_password: str | None = None) -> str | None:
     """None when Redis at ``url`` answers PING within ``timeout_s``, else why not."""
     try:
-        client = redis.Redis.from_url(
+        client = client_from_url(
             url,
+            sentinel_password=sentinel_password,
             socket_timeout=timeout_s,
             socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0),

@@ -146,6 +146,7 @@ def _publisher(arguments: argparse.Namespace) -> tuple[EventPublisher, str]:
             arguments.maxlen,
             timeout_s=settings.socket_timeout_s,
             cluster=settings.redis_cluster,
+            sentinel_password=settings.sentinel_password,
         )
     except ValueError as error:
         raise UsageError(f"bad --redis-url: {error}") from None

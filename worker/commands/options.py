@@ -240,7 +240,10 @@ class Parser(argparse.ArgumentParser):
 
 
 # Defaults computed when the settings are read, as --help and docs/operations.md show them.
-COMPUTED_DEFAULTS: Final = {"consumer": "<hostname>-<pid>", "dead_stream": "<stream>:dead"}
+COMPUTED_DEFAULTS: Final = {
+    "consumer": "<hostname>-<pid>-<random>",
+    "dead_stream": "<stream>:dead",
+}
 
 
 def shown_default(name: str) -> str:

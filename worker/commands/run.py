@@ -11,9 +11,13 @@ FILE`` fills it at start with Job documents (:mod:`worker.jobsfile`), so that ev
 published by other processes (by job id or uuid) find their job. Each loaded job is
 logged with the uuids it is served under.
 
+Before it consumes, it claims its consumer name (:mod:`worker.presence`): a name that a
+live worker holds is refused.
+
 Exit codes: 0 after a clean stop, 1 when the configuration cannot work (the
 dead-letter key holds something else than a stream, MongoDB settings the worker
-refuses, the metrics port taken), 2 for bad flags, settings or jobs file.
+refuses, the metrics port taken, a consumer name another live worker holds), 2 for bad
+flags, settings or jobs file.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import redis
 import structlog
+from pymongo.database import Database
 
 from worker.commands.options import (
     EXIT_OK,
@@ -39,7 +44,8 @@ from worker.commands.options import (
 from worker.connections import MEMORY_URI, connect_database, connect_redis
 from worker.consumer import Worker
 from worker.entities import Job
-from worker.jobsfile import JobsFileError, current_jobs, load_jobs, read_jobs
+from worker.jobsfile import JobsFileError, ServedJob, current_jobs, load_jobs, read_jobs
+from worker.presence import ConsumerTaken, Presence
 from worker.settings import Settings, redact_url, unknown_variables
 from worker.store import StoreUnavailable
 
@@ -88,16 +94,47 @@ def handle(arguments: argparse.Namespace) -> int:
             ) from None
     database = connect_database(settings)
     served = load_jobs(database, jobs)
+    _log_served(served, arguments.jobs)
+    worker = Worker(connect_redis(settings), database, settings, observers=observers)
+    presence = Presence(worker.redis, settings)
+    presence.claim()
+    try:
+        _consume(worker, settings, presence)
+    finally:
+        presence.stop()
+    if presence.lost:
+        raise ConsumerTaken(f"consumer name {settings.consumer!r} is held by another worker now")
+    _log_final(database, served)
+    return EXIT_OK
+
+
+def _log_served(served: Sequence[ServedJob], path: Path | None) -> None:
     for job in served:
         log.info(
             "serving a job of the jobs file",
-            file=str(arguments.jobs),
+            file=str(path),
             job_id=job.job_id,
             status=job.status,
             server_uuid=job.server_uuid,
             client_uuids=list(job.client_uuids),
         )
-    worker = Worker(connect_redis(settings), database, settings, observers=observers)
+
+
+def _log_final(database: Database[Any], served: Sequence[ServedJob]) -> None:
+    """The in-memory database ends with the process: log what became of its jobs."""
+    for final in current_jobs(database, served):
+        log.info(
+            "a job of the jobs file at exit",
+            job_id=final.id,
+            status=final.status.value,
+            server_metrics=final.server_metrics,
+            client_metrics=[info.metrics for info in final.clients_info or ()],
+        )
+
+
+def _consume(worker: Worker, settings: Settings, presence: Presence) -> None:
+    """Run the worker, its name held and its services watched, until it stops."""
+    presence.start(on_lost=worker.stop)
     watch = ServiceWatch(
         {
             "redis": (redact_url(settings.redis_url), _redis_check(worker.redis)),
@@ -110,15 +147,6 @@ def handle(arguments: argparse.Namespace) -> int:
         worker.run()
     finally:
         watch.stop()
-    for final in current_jobs(database, served):  # the in-memory database ends with the process
-        log.info(
-            "a job of the jobs file at exit",
-            job_id=final.id,
-            status=final.status.value,
-            server_metrics=final.server_metrics,
-            client_metrics=[info.metrics for info in final.clients_info or ()],
-        )
-    return EXIT_OK
 
 
 def jobs_from(path: Path | None, settings: Settings) -> list[Job]:

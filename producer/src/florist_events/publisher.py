@@ -7,6 +7,7 @@ while Redis is down.
 
 On a Redis Cluster pass ``cluster=True`` (the URL or host is one node; the others are
 discovered) and give the stream a hash tag (``{florist}:events``) as the worker needs.
+Behind Redis Sentinel give a ``redis+sentinel://`` URL (:mod:`florist_events.urls`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from florist_events.urls import client_from_url, is_sentinel_url
 from florist_events.wire import (
     CLIENT_METRICS,
     DEFAULT_MAXLEN,
@@ -116,6 +118,7 @@ class EventPublisher:
         timeout_s: float = DEFAULT_PUBLISH_TIMEOUT_S,
         limits: LimitsLike | None = None,
         cluster: bool = False,
+        sentinel_password: str | None = None,
     ) -> EventPublisher:
         """A publisher on a client made for producers: short timeouts, no retries.
 
@@ -124,9 +127,21 @@ class EventPublisher:
         ``cluster=True`` makes a ``redis.RedisCluster`` client (when first used: it reads
         the cluster's topology then). In a cluster, :meth:`publish_fields` with
         ``set_keys`` needs the keys and the stream in one hash slot.
+
+        A ``redis+sentinel://host:26379,.../<service>/<db>`` URL publishes to the primary
+        the sentinels name (:mod:`florist_events.urls`; ``sentinel_password`` when the
+        sentinels require one). Each publish asks them again after a failed one, so a
+        failover costs the publishes made while no primary answers.
         """
         publisher = cls(None, stream, maxlen, limits=limits)
         options = _producer_client_options(timeout_s)
+        if is_sentinel_url(url):
+            if cluster:
+                raise ValueError(
+                    "a redis+sentinel:// URL names a primary that Sentinel watches, not a "
+                    "Redis Cluster: pass cluster=False"
+                )
+            options["sentinel_password"] = sentinel_password
         if cluster:
             redis.connection.parse_url(url)  # type: ignore[no-untyped-call]  # a bad URL fails now
             publisher._recipe = ("cluster", {"url": url, **options})
@@ -179,7 +194,7 @@ class EventPublisher:
         options = dict(options)
         client: redis.Redis
         if kind == "url":
-            client = redis.Redis.from_url(options.pop("url"), **options)
+            client = client_from_url(options.pop("url"), **options)
         elif kind == "cluster":
             options.pop("health_check_interval", None)
             client = redis.RedisCluster.from_url(options.pop("url"), **options)  # type: ignore[assignment]

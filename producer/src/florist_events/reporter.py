@@ -60,6 +60,52 @@ def _log(level: int, event: str, /, **fields: Any) -> None:
     )
 
 
+def _own_publisher(
+    host: str | None,
+    port: str | int | None,
+    url: str | None,
+    *,
+    db: int,
+    username: str | None,
+    password: str | None,
+    sentinel_password: str | None,
+    stream: str | None,
+    maxlen: int | None,
+    timeout_s: float,
+    limits: LimitsLike | None,
+    cluster: bool,
+) -> EventPublisher:
+    """FLorist's form: the reporter's own publisher, on ``host`` and ``port`` or on ``url``."""
+    if url is not None:
+        if host is not None or port is not None or username or password or db:
+            raise ValueError("pass url= alone: its user, password and database are in it")
+        return EventPublisher.from_url(
+            url,
+            stream,
+            maxlen,
+            timeout_s=timeout_s,
+            limits=limits,
+            cluster=cluster,
+            sentinel_password=sentinel_password,
+        )
+    if host is None or port is None:
+        raise ValueError("pass host= and port= (as to FLorist's reporter), url=, or a publisher")
+    if sentinel_password is not None:
+        raise ValueError("sentinel_password goes with a redis+sentinel:// url=")
+    return EventPublisher.from_host(
+        host,
+        port,
+        db=db,
+        username=username,
+        password=password,
+        stream=stream,
+        maxlen=maxlen,
+        timeout_s=timeout_s,
+        limits=limits,
+        cluster=cluster,
+    )
+
+
 def _optional_name(value: Any, name: str) -> str | None:
     if value is None:
         return None
@@ -74,7 +120,9 @@ class StreamMetricsReporter:
     **Two ways to make one.**
 
     - FLorist's: ``StreamMetricsReporter(host=..., port=..., run_id=...)``, exactly the
-      arguments of FLorist's ``RedisMetricsReporter``. It connects to that Redis (lazily,
+      arguments of FLorist's ``RedisMetricsReporter``, or ``url=`` in place of ``host`` and
+      ``port`` (a ``redis+sentinel://`` URL behind Sentinel, with ``sentinel_password`` if
+      the sentinels need one). It connects to that Redis (lazily,
       with ``timeout_s`` timeouts, no retries; ``username``/``password`` for an ACL user),
       publishes by uuid (a server's events carry ``server_uuid=run_id``, a client's
       ``client_uuid=run_id``, no ``job_id`` unless ``job_id=`` is given) and keeps FLorist's
@@ -147,6 +195,8 @@ class StreamMetricsReporter:
         shutdown_attempts: int = 3,
         shutdown_retry_wait_s: float = 0.5,
         heartbeat_interval_s: float | None = DEFAULT_HEARTBEAT_INTERVAL_S,
+        url: str | None = None,
+        sentinel_password: str | None = None,
     ) -> None:
         if isinstance(host, EventPublisher):  # this project's form: (publisher, job_id)
             if publisher is not None:
@@ -176,14 +226,14 @@ class StreamMetricsReporter:
 
         self.florist_form = publisher is None
         if publisher is None:
-            if host is None or port is None:
-                raise ValueError("pass host= and port= (as to FLorist's reporter) or a publisher")
-            publisher = EventPublisher.from_host(
+            publisher = _own_publisher(
                 host,
                 port,
+                url,
                 db=db,
                 username=username,
                 password=password,
+                sentinel_password=sentinel_password,
                 stream=stream,
                 maxlen=maxlen,
                 timeout_s=timeout_s,
@@ -195,6 +245,8 @@ class StreamMetricsReporter:
                 raise ValueError("pass either a publisher or host= and port=, not both")
             if stream is not None or username is not None or password is not None or cluster:
                 raise ValueError("stream, username, password and cluster belong to the publisher")
+            if url is not None or sentinel_password is not None:
+                raise ValueError("url and sentinel_password belong to the publisher")
         self.host = host
         self.port = port
         self.publisher = publisher
