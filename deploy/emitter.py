@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
+from florist_events.urls import client_from_url
 from pymongo import MongoClient
 from pymongo.database import Database
 
@@ -224,7 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.mongodb_uri.startswith("memory://"):
         print("emitter: FLORIST_MONGODB_URI=memory:// is private to one process", file=sys.stderr)
         return 2
-    redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    redis_client = client_from_url(
+        settings.redis_url,
+        sentinel_password=settings.sentinel_password,
+        socket_timeout=10,
+    )
     mongo: MongoClient[Document] = MongoClient(settings.mongodb_uri)
     try:
         database = mongo[settings.mongodb_db]
