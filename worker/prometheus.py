@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import Metric
 from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.outcomes import Outcome
+from worker.redis_failures import classify, describe
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
 from worker.watchdog import MARKER_FIELD, ScanReport
@@ -67,10 +68,12 @@ class CachedStats:
             self._fetched_at = now
             try:
                 self._value = self._fetch()
-            except redis.RedisError as error:
+            except Exception as error:
+                if classify(error) is None:
+                    raise
                 self._value = None
                 if not self._failing:
-                    log.warning("metrics: stream stats unavailable", error=str(error))
+                    log.warning("metrics: stream stats unavailable", error=describe(error))
                 self._failing = True
             else:
                 if self._failing:

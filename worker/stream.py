@@ -15,9 +15,10 @@ from typing import Any
 import redis
 import structlog
 
-from worker.cluster import CLUSTER_OUTAGES, NotACluster, check_names, is_cluster
+from worker.cluster import NotACluster, check_names, is_cluster
 from worker.errors import Misconfigured
 from worker.letters import dead_letter_fields
+from worker.redis_failures import is_outage
 from worker.requeues import records_key
 from worker.settings import Settings
 
@@ -76,10 +77,6 @@ def _entries(raw: Iterable[tuple[Any, Any]]) -> list[Entry]:
     return entries
 
 
-def is_nogroup(error: redis.ResponseError) -> bool:
-    return str(error).startswith("NOGROUP")
-
-
 def dead_letter_entry(letter: DeadLetter, stream: str) -> dict[bytes, bytes]:
     """The dead-letter stream entry for ``letter`` (layout: :mod:`worker.letters`)."""
     return dead_letter_fields(
@@ -117,8 +114,8 @@ class GroupStream:
         """In cluster mode, remember that Redis failed, so pending entries are re-read."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, *CLUSTER_OUTAGES):
-            if self.cluster and not self._reread_own:
+        except Exception as error:
+            if self.cluster and not self._reread_own and is_outage(error):
                 self._reread_own, self._reread_cursor = True, "0"
             raise
 
