@@ -111,7 +111,10 @@ REPLIES = {
         MISCONFIGURED,
     ),
     "cross-slot": ("CROSSSLOT Keys in request don't hash to the same slot", MISCONFIGURED),
-    "AUTH with a user on Redis 5": ("ERR wrong number of arguments for 'auth' command", MISCONFIGURED),
+    "AUTH with a user on Redis 5": (
+        "ERR wrong number of arguments for 'auth' command",
+        MISCONFIGURED,
+    ),
     "transaction discarded": (
         "EXECABORT Transaction discarded because of previous errors.",
         MISCONFIGURED,
@@ -238,7 +241,7 @@ def test_a_refusal_at_start_stops_the_worker_with_one_line(fake_redis, database)
         def xgroup_create(self, *args: Any, **kwargs: Any) -> Any:
             raise refused
 
-    with pytest.raises(Misconfigured, match="NOPERM|no permissions") as raised:
+    with pytest.raises(Misconfigured, match="no permissions to run") as raised:
         make_worker(Refusing(fake_redis, refused, 0), database).drain()
     assert "\n" not in str(raised.value) and "FLORIST_REDIS_URL" in str(raised.value)
     assert fake_redis.xlen(STREAM) == 1
@@ -249,7 +252,9 @@ def test_a_refusal_after_start_is_waited_out(fake_redis, database):
     client = FailingReads(fake_redis, reply("NOAUTH Authentication required."), times=0)
     worker = make_worker(client, database)
     assert worker.drain() == {"applied": 1}  # started: the group exists, one entry applied
-    client.xadd(STREAM, {"v": "1", "type": "job.status", "job_id": JOB, "status": "FINISHED_WITH_ERROR"})
+    client.xadd(
+        STREAM, {"v": "1", "type": "job.status", "job_id": JOB, "status": "FINISHED_WITH_ERROR"}
+    )
     client.left = 3  # e.g. a promoted replica whose ACL file is not loaded yet
     assert worker.drain() == {"applied": 1}
     assert client.left == 0

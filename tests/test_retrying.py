@@ -158,4 +158,3 @@ def test_misconfiguration_and_foreign_errors_are_raised_without_waiting():
     with pytest.raises(ZeroDivisionError):
         loop.call(failing(ZeroDivisionError()))
     assert seen.waits == []
-
