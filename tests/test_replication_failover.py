@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -136,10 +137,12 @@ def test_a_demoted_primary_is_waited_out_until_it_is_promoted_back(
         make_replica(primary, of=replica)  # it has the new entries, and still refuses
         assert run.thread.is_alive() and not run.failures
 
+        began = time.monotonic()
         swap(replica, primary)  # back to how it was
         publish(primary, sample_entries, 2 * third, len(sample_entries))
         ids = [fixed_id(i) for i in range(len(sample_entries))]
         run.wait_settled(ids, "every entry to be settled")
+        print(f"\npromoted back: drained {time.monotonic() - began:.1f} s after")
         assert_consumed_once(run, ids, database, reference)
         errors = {entry["error"][:40] for entry in run.logs if entry["event"] == OUTAGE_LOGGED}
     assert any(error.startswith(("UNBLOCKED", "You can't write")) for error in errors), errors
@@ -214,10 +217,12 @@ def test_a_worker_whose_address_moves_to_the_new_primary_goes_on_there(
             swap(primary, replica)
             publish(replica, sample_entries, third, 2 * third)
             wait(lambda: waiting_out_an_outage(run), 20, "the worker waiting out the outage")
+            began = time.monotonic()
             address.move_to(replica.port)  # the name now points at the new primary
             publish(replica, sample_entries, 2 * third, len(sample_entries))
             ids = [fixed_id(i) for i in range(len(sample_entries))]
             run.wait_settled(ids, "every entry to be settled")
+            print(f"\naddress moved: drained {time.monotonic() - began:.1f} s after")
             assert_consumed_once(run, ids, database, reference)
     finally:
         address.close()

@@ -117,6 +117,11 @@ class GroupStream:
         except Exception as error:
             if self.cluster and not self._reread_own and is_outage(error):
                 self._reread_own, self._reread_cursor = True, "0"
+                log.warning(
+                    "re-reading this consumer's pending entries after a Redis Cluster outage",
+                    stream=self.stream,
+                    consumer=self.consumer,
+                )
             raise
 
     def check_dead_stream(self) -> None:
@@ -180,12 +185,6 @@ class GroupStream:
     def _reread_own_pending(self, count: int) -> list[Entry]:
         """A page of this consumer's pending entries after a cluster outage (a failover may
         have lost acknowledgements); empty, and done, once all were seen."""
-        if self._reread_cursor == "0":
-            log.warning(
-                "re-reading this consumer's pending entries after a Redis Cluster outage",
-                stream=self.stream,
-                consumer=self.consumer,
-            )
         entries = self._read(self._reread_cursor, count, None)
         if entries:
             self._reread_cursor = entries[-1].id
