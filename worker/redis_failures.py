@@ -139,9 +139,7 @@ def _cluster_client_failure(error: RedisClusterException) -> RedisFailure:
         if failure is not None:
             return failure
     text = str(error).lower()
-    if isinstance(error, SlotNotCoveredError) or any(
-        phrase in text for phrase in CLUSTER_UNAVAILABLE_TEXTS
-    ):
+    if any(phrase in text for phrase in CLUSTER_UNAVAILABLE_TEXTS):
         return RedisFailure.OUTAGE
     return RedisFailure.MISCONFIGURED  # a cross-slot transaction, cluster mode off, ...
 
