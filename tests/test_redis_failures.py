@@ -33,6 +33,7 @@ from tests.redis_server import RedisServer
 from tests.support import STREAM, make_worker, wait_until
 from worker.cluster import ClusterUnavailable
 from worker.errors import Misconfigured
+from worker.health import read_heartbeat
 from worker.redis_failures import RedisFailure, classify
 from worker.store import StoreUnavailable
 
@@ -392,3 +393,22 @@ def test_real_group_and_access_errors(private_redis):
         "WRONGPASS": REFUSAL,
         "NOAUTH": REFUSAL,
     }
+
+
+def test_the_heartbeat_of_a_cluster_client_refused_says_redis_is_down(
+    fake_redis, database, tmp_path
+):
+    """A cluster client's own exception (not a redis.RedisError) is a Redis failure for the
+    heartbeat too: Redis is reported down, the loop is not ended."""
+    refused = CLIENT_SIDE["cluster refusing the password"][0]
+
+    class Refusing(FailingReads):
+        def ping(self) -> Any:
+            raise refused
+
+    worker = make_worker(
+        Refusing(fake_redis, refused, 0), database, heartbeat_file=tmp_path / "heartbeat"
+    )
+    worker._heartbeat()
+    beat = read_heartbeat(tmp_path / "heartbeat")
+    assert beat is not None and not beat.redis_ok and beat.mongodb_ok
