@@ -412,3 +412,38 @@ def test_the_heartbeat_of_a_cluster_client_refused_says_redis_is_down(
     worker._heartbeat()
     beat = read_heartbeat(tmp_path / "heartbeat")
     assert beat is not None and not beat.redis_ok and beat.mongodb_ok
+
+
+@pytest.mark.redis_server
+def test_run_refused_at_start_is_one_line_and_exit_1(private_redis, tmp_path):
+    """``florist-worker run`` with a user Redis refuses: one line naming what to check."""
+    import os
+    import subprocess
+    import sys
+
+    admin = redis.Redis(port=private_redis.port, socket_timeout=5)
+    try:
+        admin.acl_setuser(
+            "worker", enabled=True, passwords=["+right"], keys=["~*"], commands=["+@all"]
+        )
+    finally:
+        admin.close()
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("FLORIST_")}
+    environment |= {
+        "FLORIST_REDIS_URL": f"redis://worker:wrong@127.0.0.1:{private_redis.port}/0",
+        "FLORIST_MONGODB_URI": "memory://",
+        "FLORIST_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
+        "FLORIST_LOG_FORMAT": "json",
+    }
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("florist-worker")), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment,
+        check=False,
+    )
+    assert completed.returncode == 1, completed.stderr[-2000:]
+    last = completed.stderr.splitlines()[-1]
+    assert last.startswith("florist-worker run: error: Redis refused the worker's user"), last
+    assert "FLORIST_REDIS_URL" in last and "wrong" not in last
