@@ -51,6 +51,7 @@ class LocalCluster:
     directory: Path
     node_timeout_ms: int = 1000
     nodes: list[ClusterNode] = field(default_factory=list)
+    _last_failover: float = 0.0
 
     @property
     def url(self) -> str:
@@ -222,6 +223,42 @@ class LocalCluster:
         assert node.process is not None
         node.process.kill()
         node.process.wait(timeout=10)
+
+    def failover(self, replica: ClusterNode, *, force: bool = False) -> None:
+        """A manual failover, as an operator runs it on a replica: ``CLUSTER FAILOVER`` (its
+        primary hands the slots over once the replica has caught up) or, with ``force``,
+        ``CLUSTER FAILOVER FORCE`` (without asking the primary); until it is promoted.
+
+        Not sooner than two node timeouts after the previous one: until then the primaries
+        do not vote again for a replica of the same primary, and the failover would stall.
+        """
+        while time.monotonic() < self._last_failover + 2 * self.node_timeout_ms / 1000 + 0.5:
+            time.sleep(0.05)
+        client = replica.client()
+        try:
+            client.execute_command("CLUSTER", "FAILOVER", *(["FORCE"] if force else []))
+        finally:
+            client.close()
+        self.wait_promoted(replica)
+        self._last_failover = time.monotonic()
+
+    def wait_demoted(self, node: ClusterNode, timeout_s: float = 20.0) -> None:
+        """Until ``node`` (a primary that was failed over) knows it is a replica: until then
+        it takes writes that are lost when it learns it (what FORCE risks)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            client = node.client()
+            try:
+                role = client.info("replication").get("role")
+            except redis.RedisError:
+                role = None
+            finally:
+                client.close()
+            if role == "slave":
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.address} was not demoted (role {role})")
+            time.sleep(0.02)
 
     def wait_promoted(self, node: ClusterNode, timeout_s: float = 20.0) -> None:
         """Until ``node`` (a replica) is a primary and the cluster is ok again."""

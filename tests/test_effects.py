@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from worker.batch import plan_batch
-from worker.consumer import Backoff
 from worker.document import SERVER_POSITION, STATUS_POSITION
 from worker.effects import after_miss, first_write
 from worker.events import Limits, parse_entry
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
+from worker.retrying import Backoff
 from worker.stream import Entry
 
 P = StreamPosition(5, 10)

@@ -303,6 +303,20 @@ def test_cache_limits_redis_calls_and_caches_failures(redis_url: str) -> None:
     assert recovered is not None and recovered.pending == 4
 
 
+def test_a_cluster_client_failure_leaves_the_gauges_out_instead_of_failing_the_scrape() -> None:
+    """The cluster client's own exceptions are not ``redis.RedisError``s (here one that a
+    refused password caused): they are Redis failures all the same."""
+    from redis.exceptions import AuthenticationError, RedisClusterException
+
+    def fetch() -> StreamStats:
+        try:
+            raise AuthenticationError("invalid username-password pair")
+        except AuthenticationError as error:
+            raise RedisClusterException("Redis Cluster cannot be connected") from error
+
+    assert CachedStats(fetch).get() is None
+
+
 def test_the_watchdog_s_gauge_and_counter(fake_redis):
     """Issue 12: silent jobs (gauge, from the scan) and jobs finished by the watchdog
     (counter, when its finish is applied)."""

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import copy
 import io
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import mongomock_ng
@@ -627,3 +632,30 @@ def test_cli_mongodb_down_exits_1_naming_where_to_resume(
     err = capsys.readouterr().err
     assert "MongoDB unavailable" in err
     assert f"resume with --from {ids[0]}" in err
+
+
+def _console(*argv: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FLORIST_")}
+    began = time.monotonic()
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("florist-worker")), *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+        check=False,
+    )
+    return completed, time.monotonic() - began
+
+
+def test_replay_against_an_unreachable_redis_fails_as_fast_as_stats() -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    replayed, replay_s = _console("replay", "--redis-url", closed, "--mongodb-uri", "memory://")
+    stats, stats_s = _console("stats", "--redis-url", closed)
+
+    assert replayed.returncode == stats.returncode == 1
+    last = replayed.stderr.splitlines()[-1]
+    assert last.startswith(f"florist-worker replay: error: Redis {closed}: "), replayed.stderr
+    assert "resume with" not in last  # nothing was replayed: there is nothing to resume
+    # Not the 60 s of --outage-timeout: the same client failing the same way as stats.
+    assert replay_s < stats_s + 5, (replay_s, stats_s)

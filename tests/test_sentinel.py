@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,47 +23,19 @@ from florist_events import EventPublisher, StreamMetricsReporter
 from florist_events.urls import client_from_url
 from pymongo.database import Database
 
+from tests.failover import Settled, SlowStore
 from tests.redis_sentinel import LocalSentinel
 from tests.redis_server import RedisServer
 from tests.support import STREAM, RecordingStore, fixed_id, job_of, settings
 from tests.support import wait_until as wait
-from worker.batch import Planned
 from worker.cli import main
 from worker.connections import connect_redis
 from worker.consumer import Worker
-from worker.events import Event
-from worker.outcomes import Outcome
-from worker.positions import StreamPosition
 from worker.settings import Settings
 
 pytestmark = pytest.mark.redis_server
 
 A_UUID = "0c316680-1375-4e07-84c3-a732a2e6d03f"
-
-
-class SlowStore(RecordingStore):
-    """The real store, slowed down so that a failover lands mid-run."""
-
-    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
-        time.sleep(0.08)
-        return super().apply(event, position, dry_run=dry_run)
-
-
-class Settled:
-    """Every settled entry's outcomes, by entry ID (a BatchObserver)."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, list[str]] = defaultdict(list)
-        self.lock = threading.Lock()
-
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
-        with self.lock:
-            for item, outcome in results:
-                self.outcomes[item.entry.id].append(outcome.value)
-
-    def ids(self) -> set[str]:
-        with self.lock:
-            return set(self.outcomes)
 
 
 def _publish_fixed(client: redis.Redis, entries: list[dict[str, str]]) -> list[str]:
@@ -108,7 +79,7 @@ def drain_through_a_failover(
     )
     client = connect_redis(worker_settings)
     published = [entry_id for entry_id, _ in client.xrange(STREAM)]
-    store, settled = SlowStore(database), Settled()
+    store, settled = SlowStore(database, delay_s=0.08), Settled()
     worker = Worker(client, None, worker_settings, store=store, observers=[settled])
     failures: list[BaseException] = []
 

@@ -358,3 +358,41 @@ def test_the_horizon_on_a_real_redis(real_redis):
     assert _scan(worker).finished == [JOB_ID]
     assert worker.drain() == {"applied": 1}
     assert job_of(database, JOB_ID)["status"] == "FINISHED_WITH_ERROR"
+
+
+class _TimeFails:
+    """A client whose TIME (the first command of a scan) raises ``error``."""
+
+    def __init__(self, client: redis.Redis, error: Exception) -> None:
+        self._client = client
+        self._error = error
+
+    def time(self) -> Any:
+        raise self._error
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+@pytest.mark.parametrize(
+    ("reply", "logged", "outage"),
+    [
+        ("UNBLOCKED force unblock from blocking operation", "Redis unavailable", True),
+        ("READONLY You can't write against a read only replica.", "Redis unavailable", True),
+        ("NOPERM this user has no permissions to run the 'time' command", "Redis refused", False),
+    ],
+)
+def test_a_scan_skipped_for_redis_says_which_failure_it_was(
+    fake_redis: redis.Redis, reply: str, logged: str, outage: bool
+) -> None:
+    """An outage (a failover's answers included) restarts the silence count from when
+    Redis is back; a refusal does not, and is logged as an error."""
+    from redis._parsers import BaseParser
+    from structlog.testing import capture_logs
+
+    worker = _worker(_TimeFails(fake_redis, BaseParser.parse_error(reply)), _database())
+    worker.watchdog.reachable_since_ms = 1
+    with capture_logs() as logs:
+        assert worker.run_watchdog() is None
+    assert [entry["event"] for entry in logs] == [f"watchdog: {logged}, scan skipped"]
+    assert (worker.watchdog.reachable_since_ms is None) is outage

@@ -10,11 +10,12 @@ start, names that do not share a slot, with one line showing the names to use.
 
 :func:`connect_cluster` gives a client that connects at first use (so a worker can start
 during an outage and wait for it, as with one server) and that reports the cluster
-client's own topology failures ("cannot be connected", "slots not covered") as
-:class:`ClusterUnavailable`, a ``redis.ConnectionError``: every caller already treats that
-as an outage. A failover is such an outage: commands fail while the primary is down, the
-client re-reads the topology (MOVED, CLUSTER SLOTS) and the worker carries on against the
-promoted replica (see docs/cluster.md).
+client's own topology failures that :mod:`worker.redis_failures` calls outages ("cannot be
+connected", "slots not covered") as :class:`ClusterUnavailable`, a
+``redis.ConnectionError``: every caller already treats that as an outage. A failover is
+such an outage: commands fail while the primary is down, the client re-reads the topology
+(MOVED, CLUSTER SLOTS) and the worker carries on against the promoted replica (see
+docs/redis-ha.md).
 """
 
 from __future__ import annotations
@@ -28,37 +29,18 @@ from typing import Any, Final
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import key_slot
-from redis.exceptions import (
-    AskError,
-    ClusterError,
-    CrossSlotTransactionError,
-    MovedError,
-    RedisClusterException,
-    SlotNotCoveredError,
-    TryAgainError,
-)
+from redis.exceptions import CrossSlotTransactionError, RedisClusterException
 from redis.retry import Retry
 
 from worker.errors import Misconfigured
+from worker.redis_failures import is_outage
 from worker.requeues import records_key
 
 DEAD_SUFFIX: Final = ":dead"
 
-# Errors of a cluster that is changing its topology (a failover, a resharding): wait and
-# retry. ClusterError covers ClusterDownError and MasterDownError (and "TTL exhausted",
-# a request redirected too often); MOVED/ASK surface only when redirections did not settle.
-CLUSTER_OUTAGES: Final = (ClusterError, TryAgainError, MovedError, AskError, SlotNotCoveredError)
-
 # The cluster client's own retries on one command, before the worker's backoff takes over
 # (and logs the outage): a few quick ones, so a failover shows in the logs as an outage.
 COMMAND_RETRIES: Final = 3
-
-_UNAVAILABLE_MESSAGES: Final = (
-    "cannot be connected",
-    "could not agree",
-    "slots are not covered",
-    "not covered by the cluster",
-)
 
 
 class ClusterUnavailable(redis.ConnectionError):
@@ -166,8 +148,6 @@ def translated_errors(url: str = "") -> Iterator[None]:
             f"Redis Cluster refused a transaction over keys of different slots ({error}): "
             "give FLORIST_STREAM a hash tag, e.g. FLORIST_STREAM={florist}:events"
         ) from error
-    except SlotNotCoveredError as error:
-        raise ClusterUnavailable(f"Redis Cluster: {error}") from error
     except RedisClusterException as error:
         message = str(error)
         if "Cluster mode is not enabled" in message:
@@ -176,7 +156,7 @@ def translated_errors(url: str = "") -> Iterator[None]:
                 f"Redis{where} is not a cluster (cluster mode is not enabled on it): "
                 "unset FLORIST_REDIS_CLUSTER (or set it to false)"
             ) from error
-        if any(text in message.lower() for text in _UNAVAILABLE_MESSAGES):
+        if is_outage(error):
             raise ClusterUnavailable(f"Redis Cluster: {' '.join(message.split())}") from error
         raise
 

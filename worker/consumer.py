@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import random
 import signal
 import threading
 import time
@@ -33,33 +32,20 @@ from pymongo.database import Database
 
 from worker import requeues
 from worker.batch import Planned, plan_batch
-from worker.cluster import CLUSTER_OUTAGES
 from worker.decision import Ledger, decide
 from worker.health import remove_heartbeat, write_heartbeat
 from worker.observers import BatchObserver, Settled
 from worker.outcomes import DEAD_AT_ONCE, RETRYABLE, Decision, Outcome
 from worker.positions import StreamPosition
+from worker.redis_failures import classify, describe
+from worker.retrying import Backoff, Outage, Retrying, Service
 from worker.settings import Settings
 from worker.store import JobStore, MongoJobStore, StoreUnavailable
-from worker.stream import DeadLetter, Entry, GroupStream, is_nogroup
+from worker.stream import DeadLetter, Entry, GroupStream
 from worker.watchdog import ScanReport, Watchdog
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-
-# Redis failures that mean "not reachable right now", as opposed to a bad command.
-REDIS_OUTAGES = (
-    redis.ConnectionError,
-    redis.TimeoutError,
-    redis.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,  # a demoted primary during a failover
-    redis.exceptions.MasterDownError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.OutOfMemoryError,
-    # Redis Cluster during a failover or resharding (ClusterDownError, SlotNotCoveredError,
-    # MOVED/ASK that did not settle, ...); the client re-reads the topology on the retry.
-    *CLUSTER_OUTAGES,
-)
 
 
 def entry_age_s(entry_id: str) -> float:
@@ -138,24 +124,6 @@ class Stopping(Exception):
     """Raised inside the loop when a stop was requested during an outage wait."""
 
 
-class Backoff:
-    """Exponential backoff with full jitter and a ceiling; reset after a success."""
-
-    def __init__(self, initial_s: float, ceiling_s: float) -> None:
-        self.initial_s = initial_s
-        self.ceiling_s = ceiling_s
-        self.failures = 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        doublings = min(self.failures - 1, 60)  # bounded: a long outage must not overflow
-        ceiling = min(self.ceiling_s, self.initial_s * 2**doublings)
-        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not security)
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 class Worker:
     """Consumes the events stream as one member of the consumer group."""
 
@@ -186,9 +154,14 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self.dead_lettered = 0
         self._stop = threading.Event()
-        self._backoff = Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s)
+        self._retrying = Retrying(
+            Backoff(self.settings.backoff_initial_s, self.settings.backoff_max_s),
+            on_outage=self._wait_out,
+            on_recovered=self._recovered,
+            on_group_missing=self._recreate_group,
+            pause=self._pause,
+        )
         self._group_ready = False
-        self._outage: str | None = None
         self._nogroup_logged = False
         self._own_pending_recovered = False
         self._running = False  # only run() keeps a heartbeat; drain() leaves no file behind
@@ -474,25 +447,18 @@ class Worker:
     # -- outages --------------------------------------------------------------------
 
     def _call(self, operation: Callable[[], T]) -> T:
-        """Run ``operation`` until it succeeds: wait out Redis and MongoDB outages, and
-        recreate a lost group, however often it takes (or until a stop)."""
-        while True:
-            try:
-                if not self._group_ready:
-                    self._ensure_group()
-                result = operation()
-            except (StoreUnavailable, *REDIS_OUTAGES) as error:
-                self._wait_out(error)
-                continue
-            except redis.ResponseError as error:
-                if not is_nogroup(error):
-                    raise
-                self._recreate_group()
-                continue
-            self._recovered()
-            return result
+        """Run ``operation`` until it succeeds (:class:`worker.retrying.Retrying`): wait
+        out Redis and MongoDB outages and recreate a lost group, however often it takes
+        (or until a stop). Only misconfiguration (a refusal at start included) raises."""
 
-    def _recreate_group(self) -> None:
+        def attempt() -> T:
+            if not self._group_ready:
+                self._ensure_group()
+            return operation()
+
+        return self._retrying.call(attempt)
+
+    def _recreate_group(self, _error: Exception) -> None:
         """The stream or group vanished (Redis restarted without persistence, or the
         stream was deleted): the next attempt recreates the group and goes on."""
         if not self._nogroup_logged:
@@ -500,29 +466,36 @@ class Worker:
             self._nogroup_logged = True
         self._group_ready = False
 
-    def _wait_out(self, error: Exception) -> None:
-        which = "mongodb" if isinstance(error, StoreUnavailable) else "redis"
-        if which == "mongodb":
+    def _wait_out(self, outage: Outage) -> None:
+        """Before each wait of an outage: say so (once), and keep the heartbeat going."""
+        which = outage.service.value
+        if outage.service is Service.MONGODB:
             self._store_ok = False
         else:
             self._redis_ok = False
             if self.watchdog is not None:
                 self.watchdog.redis_outage()  # silence counts again from when Redis is back
-        delay = self._backoff.next_delay()
-        if self._outage != which:
-            log.error("outage: backing off, acknowledging nothing", service=which, error=str(error))
-            self._outage = which
+        if outage.began and outage.refused:
+            log.error(
+                "Redis refused the worker's user: backing off, acknowledging nothing "
+                "(check its password and ACL)",
+                service=which,
+                error=describe(outage.error),
+            )
+        elif outage.began:
+            log.error(
+                "outage: backing off, acknowledging nothing", service=which, error=str(outage.error)
+            )
         else:
-            log.debug("still unavailable", service=which, retry_in_s=round(delay, 2))
+            log.debug("still unavailable", service=which, retry_in_s=round(outage.retry_in_s, 2))
         self._beat_during_outage()
-        if self._stop.wait(delay):
+
+    def _pause(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
             raise Stopping
 
-    def _recovered(self) -> None:
-        if self._outage is not None:
-            log.warning("outage over", service=self._outage)
-            self._outage = None
-        self._backoff.reset()
+    def _recovered(self, outage: Outage) -> None:
+        log.warning("outage over", service=outage.service.value, lasted_s=round(outage.lasted_s, 1))
         self._redis_ok = self._store_ok = True
 
     # -- periodic work --------------------------------------------------------------
@@ -559,7 +532,9 @@ class Worker:
         try:
             self.redis.ping()
             redis_ok = True
-        except redis.RedisError:
+        except Exception as error:
+            if classify(error) is None:
+                raise
             redis_ok = False
         try:
             self.store.ping()
@@ -579,7 +554,9 @@ class Worker:
         try:
             pending: int | None = self.stream.pending_count()
             lag = self.stream.health().lag  # counted; warns of lost or far-ahead entries
-        except redis.RedisError:
+        except Exception as error:
+            if classify(error) is None:
+                raise
             pending = lag = None
         log.info(
             "summary",

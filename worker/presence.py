@@ -30,15 +30,14 @@ import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Final
 
 import redis
 import structlog
 
-from worker.consumer import REDIS_OUTAGES, Backoff
 from worker.errors import Misconfigured
+from worker.retrying import Backoff, Outage, Retrying
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -95,17 +94,8 @@ class Presence:
         """Take the name, or raise :class:`ConsumerTaken` naming its live holder. An
         outage of Redis is waited out (with the worker's backoff), as the consume loop
         would; a stop signal meanwhile ends the process as nothing is in hand yet."""
-        backoff = Backoff(*self.backoff_s)
-        while True:
-            try:
-                holder = self._take()
-                break
-            except REDIS_OUTAGES as error:
-                if backoff.failures == 0:
-                    log.error(
-                        "redis unreachable: waiting to claim the consumer name", error=str(error)
-                    )
-                time.sleep(backoff.next_delay())
+        retrying = Retrying(Backoff(*self.backoff_s), on_outage=_claim_waits)
+        holder = retrying.call(self._take)
         if holder is not None:
             raise ConsumerTaken(
                 f"consumer name {self.consumer!r} (FLORIST_CONSUMER) is held by a live worker "
@@ -158,7 +148,7 @@ class Presence:
         while not self._stopping.wait(self.interval_s):
             try:
                 held = self.renew()
-            except redis.RedisError as error:  # an outage: the consume loop reports it
+            except redis.RedisError as error:  # the consume loop reports outages and refusals
                 log.debug("consumer name not renewed", consumer=self.consumer, error=str(error))
                 continue
             if not held:
@@ -169,3 +159,8 @@ class Presence:
                 )
                 self._on_lost()
                 return
+
+
+def _claim_waits(outage: Outage) -> None:
+    if outage.began:
+        log.error("redis unreachable: waiting to claim the consumer name", error=str(outage.error))

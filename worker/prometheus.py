@@ -28,6 +28,7 @@ from prometheus_client.metrics_core import Metric
 from worker.connections import connect_redis
 from worker.observers import BatchObserver, Settled
 from worker.outcomes import Outcome
+from worker.redis_failures import classify, describe
 from worker.settings import Settings
 from worker.stats import StreamStats, collect_stats
 from worker.stream_health import LAG_COUNT_LIMIT, LossWatch, StreamHealth
@@ -68,10 +69,12 @@ class CachedStats:
             self._fetched_at = now
             try:
                 self._value = self._fetch()
-            except redis.RedisError as error:
+            except Exception as error:
+                if classify(error) is None:
+                    raise
                 self._value = None
                 if not self._failing:
-                    log.warning("metrics: stream stats unavailable", error=str(error))
+                    log.warning("metrics: stream stats unavailable", error=describe(error))
                 self._failing = True
             else:
                 if self._failing:

@@ -17,10 +17,11 @@ naming it by a uuid (``server_uuid``, or ``client_uuid`` alone, as
 worker resolves them (:meth:`worker.store.MongoJobStore.resolve`). An entry whose uuid no
 job holds (yet), or a bad entry without a ``job_id``, belongs to no job and is skipped.
 
-An outage of MongoDB or Redis is waited out with the worker's exponential backoff
-for up to ``outage_timeout_s``; after that, :class:`ReplayInterrupted` says which
-ID to resume from (``--from``). Resuming is safe: nothing before that ID is
-applied twice in effect.
+An outage of MongoDB or Redis is waited out with the worker's retry loop
+(:mod:`worker.retrying`) for up to ``outage_timeout_s``; after that,
+:class:`ReplayInterrupted` says which ID to resume from (``--from``). Resuming is safe:
+nothing before that ID is applied twice in effect. A Redis that does not answer the
+first read is not waited for: that is an error at once, as for every other command.
 """
 
 from __future__ import annotations
@@ -41,13 +42,13 @@ from pymongo.errors import PyMongoError
 
 from worker import requeues
 from worker.batch import Planned, plan_entry
-from worker.consumer import REDIS_OUTAGES, Backoff
 from worker.decision import Ledger, decide
 from worker.events import Event, Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
+from worker.retrying import Backoff, Outage, OutOfPatience, Retrying
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, StoreUnavailable, raise_classified
+from worker.store import JobStore, MongoJobStore, raise_classified
 from worker.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -193,43 +194,42 @@ class OneJob:
             raise  # unreachable: raise_classified always raises
 
 
+def _outage_began(outage: Outage) -> None:
+    if outage.began:
+        log.warning(
+            "replay: outage, retrying", service=outage.service.label, error=str(outage.error)
+        )
+
+
+def _outage_over(_outage: Outage) -> None:
+    log.warning("replay: outage over")
+
+
 class _Patience:
-    """Retries one operation through outages, for at most ``timeout_s`` per outage."""
+    """Retries one operation through outages (:class:`worker.retrying.Retrying`), for at
+    most ``timeout_s`` per outage; a Redis that fails the very first call fails at once."""
 
     def __init__(
         self, settings: Settings, timeout_s: float, sleep: Callable[[float], None]
     ) -> None:
-        self.backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s)
-        self.timeout_s = timeout_s
-        self.sleep = sleep
+        self.retrying = Retrying(
+            Backoff(settings.backoff_initial_s, settings.backoff_max_s),
+            on_outage=_outage_began,
+            on_recovered=_outage_over,
+            pause=sleep,
+            patience_s=timeout_s,
+            patient_at_start=False,
+        )
 
     def call(self, operation: Callable[[], T], resume_from: str, report: ReplayReport) -> T:
-        began: float | None = None
-        while True:
-            try:
-                result = operation()
-            except (StoreUnavailable, *REDIS_OUTAGES) as error:
-                service = "MongoDB" if isinstance(error, StoreUnavailable) else "Redis"
-                now = time.monotonic()
-                if began is None:
-                    began = now
-                    log.warning("replay: outage, retrying", service=service, error=str(error))
-                if now - began >= self.timeout_s:
-                    raise ReplayInterrupted(
-                        f"{service} unavailable for {self.timeout_s:g} s ({error}); "
-                        f"{report.read} entries replayed; resume with --from {resume_from}",
-                        resume_from,
-                        report,
-                    ) from error
-                # Backoff doubles without bound on its failure count; past the ceiling
-                # only the count grows, so keep it small enough for float arithmetic.
-                self.backoff.failures = min(self.backoff.failures, 64)
-                self.sleep(self.backoff.next_delay())
-                continue
-            if began is not None:
-                log.warning("replay: outage over")
-            self.backoff.reset()
-            return result
+        try:
+            return self.retrying.call(operation)
+        except OutOfPatience as error:
+            raise ReplayInterrupted(
+                f"{error}; {report.read} entries replayed; resume with --from {resume_from}",
+                resume_from,
+                report,
+            ) from error.outage.error
 
 
 @dataclass

@@ -39,6 +39,7 @@ from pymongo.errors import PyMongoError
 from worker.document import SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
+from worker.redis_failures import is_group_missing, is_outage
 from worker.settings import Settings, redact_url
 from worker.stream_health import StreamHealth, check_stream
 from worker.watchdog import (
@@ -70,11 +71,6 @@ def _text(value: bytes | str) -> str:
 
 def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
-
-
-def _is_missing_key(error: redis.ResponseError) -> bool:
-    message = str(error)
-    return "no such key" in message or message.startswith("NOGROUP")
 
 
 def id_time(entry_id: str) -> datetime:
@@ -316,6 +312,8 @@ def collect_jobs(
         now_ms = redis_now_ms(redis_client)
         horizon = consumed_horizon(redis_client, settings.stream, settings.group, now_ms)
     except redis.ResponseError as error:  # e.g. NOPERM: an ACL user without TIME
+        if is_outage(error):  # e.g. MASTERDOWN: Redis does not answer
+            raise
         return JobsStats.unavailable(
             label,
             f"Redis refused a command the ages need ({_first_line(error)}); the worker's "
@@ -378,7 +376,7 @@ def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
     try:
         info: Any = client.xinfo_stream(stream)
     except redis.ResponseError as error:
-        if _is_missing_key(error):
+        if is_group_missing(error):
             return {"stream_exists": False}
         raise
     first, last = info.get("first-entry"), info.get("last-entry")
@@ -426,7 +424,7 @@ def _consumers(client: redis.Redis, stream: str, group: str) -> tuple[ConsumerSt
     try:
         rows: Any = client.xinfo_consumers(stream, group)
     except redis.ResponseError as error:
-        if _is_missing_key(error):  # the group vanished since XINFO GROUPS
+        if is_group_missing(error):  # the group vanished since XINFO GROUPS
             return ()
         raise
     return tuple(

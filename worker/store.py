@@ -72,8 +72,9 @@ UUID_CACHE_SIZE: Final = 100_000
 BATCHED_FROM: Final = 3
 
 
-# Outages of other services that a store double may raise: never an entry's fault.
-PASS_THROUGH: Final = (redis.ConnectionError, redis.TimeoutError)
+# Redis failures a store double may raise: never an entry's fault; the retry loop
+# classifies them (worker.redis_failures).
+PASS_THROUGH: Final = (redis.RedisError, redis.exceptions.RedisClusterException)
 
 
 class Placed(NamedTuple):

@@ -16,9 +16,10 @@ import redis
 import structlog
 from florist_events.urls import is_sentinel_url
 
-from worker.cluster import CLUSTER_OUTAGES, NotACluster, check_names, is_cluster
+from worker.cluster import NotACluster, check_names, is_cluster
 from worker.errors import Misconfigured
 from worker.letters import dead_letter_fields
+from worker.redis_failures import is_outage
 from worker.requeues import records_key
 from worker.settings import Settings
 from worker.stream_health import LossWatch, StreamHealth, check_stream, report
@@ -78,10 +79,6 @@ def _entries(raw: Iterable[tuple[Any, Any]]) -> list[Entry]:
     return entries
 
 
-def is_nogroup(error: redis.ResponseError) -> bool:
-    return str(error).startswith("NOGROUP")
-
-
 def dead_letter_entry(letter: DeadLetter, stream: str) -> dict[bytes, bytes]:
     """The dead-letter stream entry for ``letter`` (layout: :mod:`worker.letters`)."""
     return dead_letter_fields(
@@ -122,12 +119,19 @@ class GroupStream:
 
     @contextmanager
     def _watch_outage(self) -> Iterator[None]:
-        """In cluster mode, remember that Redis failed, so pending entries are re-read."""
+        """Behind a Cluster or Sentinel, remember that Redis failed, so pending entries are
+        re-read (a failover may have lost acknowledgements)."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, *CLUSTER_OUTAGES):
-            if self._failover_kind is not None and not self._reread_own:
+        except Exception as error:
+            if self._failover_kind is not None and not self._reread_own and is_outage(error):
                 self._reread_own, self._reread_cursor = True, "0"
+                log.warning(
+                    f"re-reading this consumer's pending entries after a {self._failover_kind} "
+                    "outage",
+                    stream=self.stream,
+                    consumer=self.consumer,
+                )
             raise
 
     def check_dead_stream(self) -> None:
@@ -191,12 +195,6 @@ class GroupStream:
     def _reread_own_pending(self, count: int) -> list[Entry]:
         """A page of this consumer's pending entries after a cluster outage (a failover may
         have lost acknowledgements); empty, and done, once all were seen."""
-        if self._reread_cursor == "0":
-            log.warning(
-                f"re-reading this consumer's pending entries after a {self._failover_kind} outage",
-                stream=self.stream,
-                consumer=self.consumer,
-            )
         entries = self._read(self._reread_cursor, count, None)
         if entries:
             self._reread_cursor = entries[-1].id

@@ -49,10 +49,10 @@ import structlog
 from florist_events import EventPublisher, status_fields
 from pymongo.errors import PyMongoError
 
-from worker.cluster import CLUSTER_OUTAGES
 from worker.document import CLIENT_LAST_EVENT, SERVER_LAST_EVENT
 from worker.entities import JobStatus
 from worker.positions import StreamPosition
+from worker.redis_failures import RedisFailure, classify, describe, is_group_missing
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -103,7 +103,7 @@ def consumed_horizon(client: redis.Redis, stream: str, group: str, now_ms: int) 
     try:
         groups: Any = client.xinfo_groups(stream)
     except redis.ResponseError as error:
-        if "no such key" in str(error) or str(error).startswith("NOGROUP"):
+        if is_group_missing(error):
             return None
         raise
     info = next((g for g in groups if _text(g["name"]) == group), None)
@@ -223,15 +223,17 @@ class Watchdog:
             return None
         try:
             return self._scan()
-        except (redis.ConnectionError, redis.TimeoutError, *CLUSTER_OUTAGES) as error:
-            self.redis_outage()
-            log.warning("watchdog: Redis unavailable, scan skipped", error=str(error))
-        except redis.RedisError as error:
-            log.error("watchdog: Redis refused, scan skipped", error=str(error))
         except PyMongoError as error:
             log.warning("watchdog: MongoDB unavailable, scan skipped", error=str(error))
         except Exception as error:  # noqa: BLE001 (the watchdog must not stop consuming)
-            log.error("watchdog: scan failed", error=f"{type(error).__name__}: {error}")
+            failure = classify(error)
+            if failure is RedisFailure.OUTAGE:
+                self.redis_outage()
+                log.warning("watchdog: Redis unavailable, scan skipped", error=describe(error))
+            elif failure is not None:
+                log.error("watchdog: Redis refused, scan skipped", error=describe(error))
+            else:
+                log.error("watchdog: scan failed", error=f"{type(error).__name__}: {error}")
         return None
 
     def _scan(self) -> ScanReport | None:

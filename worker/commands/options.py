@@ -139,7 +139,7 @@ def describe(error: BaseException) -> tuple[str, int]:
     if isinstance(error, redis.exceptions.MovedError | redis.exceptions.AskError):
         return (
             f"Redis: {type(error).__name__}: {error}: this Redis is a cluster; set "
-            "FLORIST_REDIS_CLUSTER=true (docs/cluster.md)",
+            "FLORIST_REDIS_CLUSTER=true (docs/redis-ha.md)",
             EXIT_FAILURE,
         )
     if isinstance(error, redis.RedisError | redis.exceptions.RedisClusterException):

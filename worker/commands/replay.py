@@ -62,8 +62,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "job documents, with the worker's own guarded updates: what a document already "
         "holds counts as duplicate, so replaying twice changes nothing. Reads with XRANGE "
         "outside the consumer group (nothing is acknowledged or claimed). Invalid entries "
-        "are counted, not dead-lettered. If MongoDB or Redis stays unavailable longer than "
-        "--outage-timeout, replay stops and prints the --from to resume with. Exit codes: "
+        "are counted, not dead-lettered. A Redis that does not answer at start is an error at "
+        "once; if MongoDB or Redis then stays unavailable longer than --outage-timeout, "
+        "replay stops and prints the --from to resume with. Exit codes: "
         "0 done, 1 a service stayed unavailable or refused, 2 bad arguments or settings.",
     )
     parser.add_argument(
