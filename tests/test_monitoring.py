@@ -152,6 +152,8 @@ def test_the_rules_cover_the_failures_an_operator_must_hear_of() -> None:
         "worker down": "FloristWorkerDown",
         "no worker at all": "FloristWorkerAbsent",
         "Redis outage": "FloristRedisUnreachable",
+        "MongoDB outage": "FloristMongoDBUnreachable",
+        "heartbeat missing (a hung loop)": "FloristWorkerHeartbeatMissing",
         "MongoDB outage or stuck loop": "FloristEntriesNotHandled",
         "group lag growing": "FloristLagGrowing",
         "dead letters appearing": "FloristDeadLettersAppeared",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,11 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from pymongo.database import Database
 
 from tests.redis_server import free_port
+from tests.support import wait_until
 from worker.consumer import Worker
 from worker.entities import JOB_COLLECTION
 from worker.prometheus import CachedStats, PrometheusObserver, start_exporter
 from worker.settings import Settings
 from worker.stats import StreamStats
+from worker.store import MongoJobStore, StoreUnavailable
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -352,3 +357,43 @@ def test_the_watchdog_s_gauge_and_counter(fake_redis):
     fake_redis.delete(lock_key(STREAM))
     worker.run_watchdog()
     assert sample("florist_worker_silent_jobs") == 0  # finished: no longer watched
+
+
+class _DownStore(MongoJobStore):
+    """MongoDB that does not answer a ping."""
+
+    def ping(self) -> None:
+        raise StoreUnavailable("no MongoDB")
+
+
+@pytest.mark.parametrize("mongodb_answers", [True, False])
+def test_the_heartbeat_gauges_say_which_service_answered_and_when_the_loop_beat(
+    exporter: PrometheusObserver,
+    real_redis: redis.Redis,
+    redis_url: str,
+    database: Database[Any],
+    tmp_path: Path,
+    mongodb_answers: bool,
+) -> None:
+    settings = settings_for(
+        redis_url, heartbeat_interval_s=0.05, heartbeat_file=tmp_path / "heartbeat"
+    )
+    store = MongoJobStore(database) if mongodb_answers else _DownStore(database)
+    worker = Worker(real_redis, database, settings, store=store, observers=[exporter])
+    before = time.time()
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(
+            lambda: ("florist_worker_service_up", (("service", "mongodb"),)) in scrape(exporter),
+            timeout=30,
+        )
+        samples = scrape(exporter)
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+    assert value(samples, "florist_worker_service_up", service="redis") == 1
+    assert value(samples, "florist_worker_service_up", service="mongodb") == (
+        1 if mongodb_answers else 0
+    )
+    assert value(samples, "florist_worker_heartbeat_timestamp_seconds") >= before - 1

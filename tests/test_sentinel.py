@@ -148,17 +148,7 @@ def assert_nothing_lost(
 FAILOVERS = [
     pytest.param("SENTINEL FAILOVER", False, id="sentinel-failover"),
     pytest.param("kill -9 of the primary", False, id="kill-9"),
-    pytest.param(
-        "SENTINEL FAILOVER",
-        True,
-        id="sentinel-failover-min-replicas",
-        marks=pytest.mark.xfail(
-            strict=False,
-            reason="the demoted primary answers NOREPLICAS, a plain ResponseError that ends "
-            "the worker until the Redis failure classifier (worker/redis_failures.py, "
-            "issue 19 item 1) counts it as an outage",
-        ),
-    ),
+    pytest.param("SENTINEL FAILOVER", True, id="sentinel-failover-min-replicas"),
 ]
 
 

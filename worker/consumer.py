@@ -519,14 +519,7 @@ class Worker:
         if not self._running or now - self._last_heartbeat < self.settings.heartbeat_interval_s:
             return
         self._last_heartbeat = now
-        write_heartbeat(
-            self.settings.heartbeat_file,
-            self.settings.consumer,
-            redis_ok=self._redis_ok,
-            mongodb_ok=self._store_ok,
-            events=self.counts.total(),
-            mongodb_round_trips=self.round_trips,
-        )
+        self._beat(redis_ok=self._redis_ok, mongodb_ok=self._store_ok)
 
     def _heartbeat(self) -> None:
         try:
@@ -541,14 +534,25 @@ class Worker:
             store_ok = True
         except StoreUnavailable:
             store_ok = False
+        self._beat(redis_ok=redis_ok, mongodb_ok=store_ok)
+
+    def _beat(self, *, redis_ok: bool, mongodb_ok: bool) -> None:
+        """Write the heartbeat file (the container's healthcheck) and tell the observers."""
         write_heartbeat(
             self.settings.heartbeat_file,
             self.settings.consumer,
             redis_ok=redis_ok,
-            mongodb_ok=store_ok,
+            mongodb_ok=mongodb_ok,
             events=self.counts.total(),
             mongodb_round_trips=self.round_trips,
         )
+        for observer in self.observers:
+            try:
+                observer.heartbeat(redis_ok, mongodb_ok)
+            except Exception as error:  # noqa: BLE001 (an exporter must not stop consuming)
+                log.error(
+                    "heartbeat observer failed", observer=type(observer).__name__, error=str(error)
+                )
 
     def _log_summary(self) -> None:
         try:

@@ -34,3 +34,7 @@ class BatchObserver:
 
     def watchdog_scanned(self, report: ScanReport) -> None:
         """After each watchdog scan that ran."""
+
+    def heartbeat(self, redis_ok: bool, mongodb_ok: bool) -> None:
+        """Each time the worker writes its heartbeat (every heartbeat interval, during an
+        outage too), with whether Redis and MongoDB answered."""

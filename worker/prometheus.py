@@ -229,6 +229,18 @@ class PrometheusObserver(BatchObserver):
             "jobs finished by the watchdog (its job.status event applied by this worker)",
             registry=self.registry,
         )
+        self.service_up = Gauge(
+            f"{PREFIX}_service_up",
+            "1 if the service answered at this worker's last heartbeat, 0 if not",
+            ["service"],
+            registry=self.registry,
+        )
+        self.heartbeat_time = Gauge(
+            f"{PREFIX}_heartbeat_timestamp_seconds",
+            "when this worker's consume loop last wrote its heartbeat (Unix time): a loop "
+            "that hangs stops moving it while the exporter still answers",
+            registry=self.registry,
+        )
         self.server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -241,6 +253,11 @@ class PrometheusObserver(BatchObserver):
                 self.watchdog_finishes.inc()
         self.batch_size.observe(len(results))
         self.apply_seconds.observe(seconds)
+
+    def heartbeat(self, redis_ok: bool, mongodb_ok: bool) -> None:
+        self.service_up.labels(service="redis").set(1 if redis_ok else 0)
+        self.service_up.labels(service="mongodb").set(1 if mongodb_ok else 0)
+        self.heartbeat_time.set_to_current_time()
 
     def watchdog_scanned(self, report: ScanReport) -> None:
         """Told what a watchdog scan of this worker saw."""

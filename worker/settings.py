@@ -76,7 +76,7 @@ class Settings(BaseSettings):
         "behind Redis Sentinel)",
     )
     redis_cluster: bool = Field(
-        False, description="Redis Cluster mode: the URL is one node (docs/cluster.md)"
+        False, description="Redis Cluster mode: the URL is one node (docs/redis-ha.md)"
     )
     redis_sentinel_password: SecretStr | None = Field(
         None, description="password of the sentinels of a redis+sentinel:// URL, if they need one"
