@@ -277,6 +277,28 @@ def test_an_unreachable_redis_is_a_runtime_failure(
         assert len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stats"],
+        ["dlq", "list"],
+        ["dlq", "drop", "--all", "--yes"],
+        ["emit", "status", "--job", "j", "--status", "IN_PROGRESS"],
+        ["replay", "--mongodb-uri", "memory://"],
+    ],
+)
+def test_a_redis_that_refuses_the_user_says_so_and_names_the_acl(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wrong password (WRONGPASS) is a refusal, not an unreachable Redis: every command
+    says to check the user, its password and the ACL, in one line, exit 1."""
+    url = "redis://florist-nobody:wrong-password@127.0.0.1:6379/0"
+    code, _out, err = run_main([*argv, "--redis-url", url], capsys)
+    assert code == 1
+    last = assert_one_error_line(err, argv[0], "refused", "ACL")
+    assert "wrong-password" not in err and "did not answer" not in last
+
+
 def raiser(error: BaseException) -> Callable[..., None]:
     def fail(*_args: object, **_kwargs: object) -> None:
         raise error

@@ -182,6 +182,20 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
+def command_line(error: BaseException, where: str) -> str:
+    """The one line a command (stats, dlq, emit, replay) prints for a Redis error it
+    cannot go on from, worded by its class; ``where`` names the Redis (a redacted URL)."""
+    failure = classify(error)
+    if failure is RedisFailure.REFUSAL:
+        return (
+            f"Redis {where} refused the user ({describe(error)}): check the user and password "
+            "in FLORIST_REDIS_URL and that user's ACL (deploy/redis-acl.conf)"
+        )
+    if failure is RedisFailure.OUTAGE:
+        return f"Redis {where} did not answer: {describe(error)}"
+    return f"Redis {where}: {describe(error)}"
+
+
 def misconfigured(error: BaseException) -> Misconfigured:
     """The one-line :class:`Misconfigured` for a refusal at start or a misconfiguration,
     naming what to change."""

@@ -36,6 +36,7 @@ from worker.connections import connect_redis
 from worker.deadletter import DeadLetterEntry
 from worker.outcomes import DEAD_AT_ONCE, RETRYABLE
 from worker.positions import InvalidStreamId
+from worker.redis_failures import command_line
 from worker.settings import Settings, redact_url
 
 DEFAULT_LIMIT = 100
@@ -136,7 +137,7 @@ def handle(arguments: argparse.Namespace) -> int:
     try:
         output = _ACTIONS[arguments.action](client, settings, arguments)
     except (redis.RedisError, OSError) as error:
-        raise Failure(f"Redis {redact_url(settings.redis_url)}: {error}") from None
+        raise Failure(command_line(error, redact_url(settings.redis_url))) from None
     finally:
         client.close()
     if output:

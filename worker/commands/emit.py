@@ -39,6 +39,7 @@ from worker.commands.options import (
 )
 from worker.entities import JobStatus
 from worker.producer import DEFAULT_MAXLEN, EventPublisher, InvalidEvent
+from worker.redis_failures import command_line
 from worker.settings import redact_url
 
 _JSON_KINDS = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
@@ -127,7 +128,7 @@ def handle(arguments: argparse.Namespace) -> int:
     except InvalidEvent as error:
         raise UsageError(str(error)) from None
     except (redis.RedisError, OSError) as error:
-        raise Failure(f"cannot publish to Redis {redact_url(url)}: {error}") from None
+        raise Failure(f"cannot publish: {command_line(error, redact_url(url))}") from None
     finally:
         publisher.redis.close()
     print(entry_id)

@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 from worker.errors import Misconfigured
 from worker.logs import configure_logging
 from worker.mongo_failures import describe as describe_mongodb_error
+from worker.redis_failures import command_line
 from worker.settings import (
     LOG_FORMATS,
     LOG_LEVELS,
@@ -143,7 +144,7 @@ def describe(error: BaseException) -> tuple[str, int]:
             EXIT_FAILURE,
         )
     if isinstance(error, redis.RedisError | redis.exceptions.RedisClusterException):
-        return f"Redis: {type(error).__name__}: {error}", EXIT_FAILURE
+        return command_line(error, "(FLORIST_REDIS_URL)"), EXIT_FAILURE
     if isinstance(error, PyMongoError):
         return f"MongoDB: {describe_mongodb_error(error)}", EXIT_FAILURE
     if isinstance(error, OSError):

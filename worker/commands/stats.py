@@ -36,6 +36,7 @@ from worker.commands.options import (
 )
 from worker.connections import connect_database, connect_redis
 from worker.errors import Misconfigured
+from worker.redis_failures import command_line
 from worker.settings import Settings, redact_url
 from worker.stats import (
     MONGODB_TIMEOUT_S,
@@ -155,7 +156,7 @@ def _snapshot(
 
 
 def _unavailable(settings: Settings, error: redis.RedisError) -> str:
-    return error_line("stats", f"Redis at {redact_url(settings.redis_url)} did not answer: {error}")
+    return error_line("stats", command_line(error, f"at {redact_url(settings.redis_url)}"))
 
 
 def show_once(
