@@ -132,6 +132,20 @@ def test_every_reply_is_classified_as_parsed_by_redis_py(text: str, expected: Re
     assert classify(reply(text)) is expected
 
 
+@pytest.mark.parametrize(("text", "expected"), REPLIES.values(), ids=REPLIES.keys())
+def test_a_reply_to_a_pipelined_command_is_classified_as_the_reply_itself(
+    text: str, expected: RedisFailure
+):
+    """redis-py prefixes the error of a command in a pipeline or MULTI/EXEC with the
+    command ("Command # 1 (XACK ...) of pipeline caused error: NOREPLICAS ..."): the
+    class is the reply's, whatever the command's arguments say."""
+    error = reply(text)
+    pipeline = redis.client.Pipeline(None, None, True, None)  # type: ignore[arg-type]
+    pipeline.annotate_exception(error, 1, ("XACK", "s", "g", "1-0", "UNBLOCKED x READONLY"))
+    assert str(error).startswith("Command # 1 (XACK")
+    assert classify(error) is expected
+
+
 def _cluster_error_caused_by(cause: Exception) -> RedisClusterException:
     try:
         try:

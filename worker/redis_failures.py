@@ -116,9 +116,23 @@ CLUSTER_UNAVAILABLE_TEXTS: Final = (
 )
 
 
-def _code(error: BaseException) -> str:
-    """The reply's error code when the message still starts with one, else ''."""
-    first = str(error).split(" ", 1)[0]
+# How redis-py prefixes the error of one command of a pipeline or MULTI/EXEC (its
+# ``Pipeline.annotate_exception``): Redis's own reply follows.
+PIPELINE_PREFIX: Final = "Command # "
+PIPELINE_REPLY: Final = " of pipeline caused error: "
+
+
+def _reply(error: BaseException) -> str:
+    """Redis's reply as it came, without redis-py's note of the pipeline command."""
+    message = str(error)
+    if message.startswith(PIPELINE_PREFIX) and PIPELINE_REPLY in message:
+        return message.split(PIPELINE_REPLY, 1)[1]
+    return message
+
+
+def _code(message: str) -> str:
+    """The reply's error code when the message starts with one, else ''."""
+    first = message.split(" ", 1)[0]
     return first if first.isupper() and first.isalpha() else ""
 
 
@@ -156,8 +170,9 @@ def classify(error: BaseException) -> RedisFailure | None:
         return _cluster_client_failure(error)
     if not isinstance(error, redis.RedisError):
         return None
-    code = _code(error)
-    if code == "UNBLOCKED" and "no longer exists" in str(error):
+    message = _reply(error)
+    code = _code(message)
+    if code == "UNBLOCKED" and "no longer exists" in message:
         return RedisFailure.GROUP_MISSING
     if code in OUTAGE_CODES:
         return RedisFailure.OUTAGE
@@ -165,7 +180,7 @@ def classify(error: BaseException) -> RedisFailure | None:
         return RedisFailure.GROUP_MISSING
     if code in REFUSAL_CODES:
         return RedisFailure.REFUSAL
-    return _from_text(str(error)) or RedisFailure.MISCONFIGURED
+    return _from_text(message) or RedisFailure.MISCONFIGURED
 
 
 def is_outage(error: BaseException) -> bool:
