@@ -471,7 +471,7 @@ def test_emit_redis_down_exits_1(
     code, out, err = run_emit(["status", "--job", JOB, "--status", "IN_PROGRESS"], capsys)
     assert code == 1
     assert out == ""
-    assert "cannot publish to Redis" in err
+    assert "cannot publish: Redis redis://:***@127.0.0.1:" in err and "did not answer" in err
     assert "secret" not in err
     assert err.count("\n") == 1
 

@@ -814,7 +814,15 @@ def _watch(redis_url: str, stdout: int) -> subprocess.Popen[bytes]:
         "FLORIST_MONGODB_URI": "memory://",
     }
     command = [str(Path(sys.executable).with_name("florist-worker")), "stats", "--watch", "0.2"]
-    return subprocess.Popen(command, stdout=stdout, stderr=subprocess.DEVNULL, env=environment)
+    return subprocess.Popen(
+        command,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+        # Ctrl-C as on a terminal, even when these tests run as a background job (which
+        # ignores SIGINT, and a child would inherit that)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 @pytest.mark.redis_server
