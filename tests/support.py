@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ from pymongo.database import Database
 
 from worker.consumer import Worker
 from worker.events import Event
+from worker.observers import BatchObserver, Settled
 from worker.outcomes import Decision, Outcome
 from worker.positions import StreamPosition
 from worker.requeues import RequeueRecord
@@ -156,3 +158,20 @@ def dead_letters(client: redis.Redis) -> list[dict[str, str]]:
         {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
         for _id, fields in client.xrange(DEAD)
     ]
+
+
+class SettledOutcomes(BatchObserver):
+    """Every settled entry's outcomes, by entry ID, from any thread."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[str]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
+        with self.lock:
+            for item, outcome in results:
+                self.outcomes[item.entry.id].append(outcome.value)
+
+    def ids(self) -> set[str]:
+        with self.lock:
+            return set(self.outcomes)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -20,13 +19,18 @@ import structlog
 from pymongo.database import Database
 
 from tests.redis_cluster import LocalCluster
-from tests.support import RecordingStore, decoded_metrics, job_of, last_snapshots, settings
+from tests.support import (
+    RecordingStore,
+    SettledOutcomes,
+    decoded_metrics,
+    job_of,
+    last_snapshots,
+    settings,
+)
 from tests.support import wait_until as wait
-from worker.batch import Planned
 from worker.connections import connect_redis
 from worker.consumer import Worker
 from worker.events import Event
-from worker.observers import BatchObserver
 from worker.outcomes import Outcome
 from worker.positions import StreamPosition
 from worker.producer import EventPublisher
@@ -42,23 +46,6 @@ class SlowStore(RecordingStore):
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         time.sleep(0.03)
         return super().apply(event, position, dry_run=dry_run)
-
-
-class Settled(BatchObserver):
-    """Every settled entry's outcomes, by entry ID (a BatchObserver)."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, list[str]] = defaultdict(list)
-        self.lock = threading.Lock()
-
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
-        with self.lock:
-            for item, outcome in results:
-                self.outcomes[item.entry.id].append(outcome.value)
-
-    def ids(self) -> set[str]:
-        with self.lock:
-            return set(self.outcomes)
 
 
 def test_a_failover_while_consuming_loses_nothing_and_doubles_nothing(
@@ -85,7 +72,7 @@ def test_a_failover_while_consuming_loses_nothing_and_doubles_nothing(
         cluster.wait_replicated(primary)  # what the producers wrote survives the failover
 
         store = SlowStore(database)
-        settled = Settled()
+        settled = SettledOutcomes()
         client = connect_redis(worker_settings)
         worker = Worker(client, None, worker_settings, store=store, observers=[settled])
         with structlog.testing.capture_logs() as logs:

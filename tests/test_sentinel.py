@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,8 @@ from pymongo.database import Database
 
 from tests.redis_sentinel import LocalSentinel
 from tests.redis_server import RedisServer
-from tests.support import STREAM, RecordingStore, fixed_id, job_of, settings
+from tests.support import STREAM, RecordingStore, SettledOutcomes, fixed_id, job_of, settings
 from tests.support import wait_until as wait
-from worker.batch import Planned
 from worker.cli import main
 from worker.connections import connect_redis
 from worker.consumer import Worker
@@ -48,23 +46,6 @@ class SlowStore(RecordingStore):
     def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
         time.sleep(0.08)
         return super().apply(event, position, dry_run=dry_run)
-
-
-class Settled:
-    """Every settled entry's outcomes, by entry ID (a BatchObserver)."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, list[str]] = defaultdict(list)
-        self.lock = threading.Lock()
-
-    def batch_settled(self, results: Sequence[tuple[Planned, Outcome]], seconds: float) -> None:
-        with self.lock:
-            for item, outcome in results:
-                self.outcomes[item.entry.id].append(outcome.value)
-
-    def ids(self) -> set[str]:
-        with self.lock:
-            return set(self.outcomes)
 
 
 def _publish_fixed(client: redis.Redis, entries: list[dict[str, str]]) -> list[str]:
@@ -93,7 +74,7 @@ def drain_through_a_failover(
     database: Database[Any],
     tmp_path: Path,
     fail_over: Callable[[], None],
-) -> tuple[float, Settled, RecordingStore, list[dict[str, Any]]]:
+) -> tuple[float, SettledOutcomes, RecordingStore, list[dict[str, Any]]]:
     """A worker consumes the published entries through the Sentinel URL while
     ``fail_over`` runs mid-run; returns the seconds from the failover to drained, what
     was settled, the store and the logs."""
@@ -108,7 +89,7 @@ def drain_through_a_failover(
     )
     client = connect_redis(worker_settings)
     published = [entry_id for entry_id, _ in client.xrange(STREAM)]
-    store, settled = SlowStore(database), Settled()
+    store, settled = SlowStore(database), SettledOutcomes()
     worker = Worker(client, None, worker_settings, store=store, observers=[settled])
     failures: list[BaseException] = []
 
@@ -161,7 +142,7 @@ def assert_nothing_lost(
     database: Database[Any],
     job_document: dict[str, Any],
     expected: dict[str, Any],
-    settled: Settled,
+    settled: SettledOutcomes,
     store: RecordingStore,
     entries: list[dict[str, str]],
 ) -> None:

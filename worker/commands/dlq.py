@@ -58,7 +58,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=False)
     common = argparse.ArgumentParser(add_help=False)
     add_settings_flags(common, fields=SETTINGS)
+    for add in (_add_list, _add_show, _add_requeue, _add_drop):
+        add(actions, common).set_defaults(handler=handle)
 
+
+def _add_list(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     listing = actions.add_parser(
         "list",
         parents=[common],
@@ -74,8 +80,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=DEFAULT_LIMIT,
         help=f"at most this many rows; 0 for all (default {DEFAULT_LIMIT})",
     )
-    listing.set_defaults(handler=handle)
+    return listing
 
+
+def _add_show(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     show = actions.add_parser(
         "show",
         parents=[common],
@@ -85,8 +95,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     show.add_argument("id", metavar="ID", help="the dead letter's entry ID")
     show.add_argument("--json", action="store_true", help="print the fields as a JSON object")
-    show.set_defaults(handler=handle)
+    return show
 
+
+def _add_requeue(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     requeue = actions.add_parser(
         "requeue",
         parents=[common],
@@ -103,8 +117,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "(entries requeued by a version before the records), at that claimed first "
         "position; without it they are left in place with a warning",
     )
-    requeue.set_defaults(handler=handle)
+    return requeue
 
+
+def _add_drop(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
     drop = actions.add_parser(
         "drop",
         parents=[common],
@@ -114,7 +132,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _add_selection(drop)
     drop.add_argument("--yes", action="store_true", help="confirm dropping by --all or --reason")
-    drop.set_defaults(handler=handle)
+    return drop
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:
