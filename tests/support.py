@@ -63,6 +63,19 @@ def requeued(client: redis.Redis, fields: Mapping[str, str], origin_id: str) -> 
     return written
 
 
+def client_metrics(job_id: str, client_uuid: str, metrics: Any, **extra: str) -> dict[str, str]:
+    """A v1 ``client.metrics`` entry with ``metrics`` as its snapshot; ``extra`` adds or
+    replaces fields."""
+    return {
+        "v": "1",
+        "type": "client.metrics",
+        "job_id": job_id,
+        "client_uuid": client_uuid,
+        "metrics": json.dumps(metrics),
+        **extra,
+    }
+
+
 def make_worker(client: redis.Redis, database: Database[Any], **overrides: Any) -> Worker:
     return Worker(client, database, settings(**overrides))
 
@@ -175,3 +188,20 @@ class SettledOutcomes(BatchObserver):
     def ids(self) -> set[str]:
         with self.lock:
             return set(self.outcomes)
+
+
+class WorkerThread:
+    """``Worker.run()`` in a thread for a ``with`` block, stopped and joined at its end."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, daemon=True)
+
+    def __enter__(self) -> Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "the worker did not stop"

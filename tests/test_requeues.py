@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from tests.mongo_checks import CheckingDatabase
 from tests.support import (
     STREAM,
+    client_metrics,
     dead_letters,
     job_of,
     make_worker,
@@ -265,14 +266,7 @@ def test_a_letter_claiming_an_unvouched_origin_is_held_until_vouched_then_loses_
 
 
 def _client_event(version, **extra):
-    return {
-        "v": "1",
-        "type": "client.metrics",
-        "job_id": JOB,
-        "client_uuid": "u",
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
+    return client_metrics(JOB, "u", {"version": version}, **extra)
 
 
 def test_an_origin_id_not_before_the_entrys_own_id_is_invalid(fake_redis, database):
