@@ -63,6 +63,18 @@ def requeued(client: redis.Redis, fields: Mapping[str, str], origin_id: str) -> 
     return written
 
 
+def server_metrics(job_id: str, metrics: Any, **extra: str) -> dict[str, str]:
+    """A v1 ``server.metrics`` entry with ``metrics`` as its snapshot; ``extra`` adds or
+    replaces fields."""
+    return {
+        "v": "1",
+        "type": "server.metrics",
+        "job_id": job_id,
+        "metrics": json.dumps(metrics),
+        **extra,
+    }
+
+
 def client_metrics(job_id: str, client_uuid: str, metrics: Any, **extra: str) -> dict[str, str]:
     """A v1 ``client.metrics`` entry with ``metrics`` as its snapshot; ``extra`` adds or
     replaces fields."""
@@ -147,6 +159,19 @@ class RecordingStore(MongoJobStore):
 
     def applied_twice(self) -> list[StreamPosition]:
         return [p for p, seen in self.outcomes.items() if Counter(seen)[Outcome.APPLIED] > 1]
+
+
+class SlowStore(RecordingStore):
+    """:class:`RecordingStore` taking ``delay_s`` over each event, so that a failover or a
+    kill lands mid-run."""
+
+    def __init__(self, database: Database[Any], delay_s: float) -> None:
+        super().__init__(database)
+        self.delay_s = delay_s
+
+    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
+        time.sleep(self.delay_s)
+        return super().apply(event, position, dry_run=dry_run)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:

@@ -20,8 +20,8 @@ from pymongo.database import Database
 
 from tests.redis_cluster import LocalCluster
 from tests.support import (
-    RecordingStore,
     SettledOutcomes,
+    SlowStore,
     decoded_metrics,
     job_of,
     last_snapshots,
@@ -30,22 +30,11 @@ from tests.support import (
 from tests.support import wait_until as wait
 from worker.connections import connect_redis
 from worker.consumer import Worker
-from worker.events import Event
-from worker.outcomes import Outcome
-from worker.positions import StreamPosition
 from worker.producer import EventPublisher
 
 pytestmark = pytest.mark.redis_cluster
 
 STREAM = "{failover}:events"
-
-
-class SlowStore(RecordingStore):
-    """The real store, a little slow (so the kill lands mid-run), recording outcomes."""
-
-    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
-        time.sleep(0.03)
-        return super().apply(event, position, dry_run=dry_run)
 
 
 def test_a_failover_while_consuming_loses_nothing_and_doubles_nothing(
@@ -71,7 +60,7 @@ def test_a_failover_while_consuming_loses_nothing_and_doubles_nothing(
         replica = cluster.replica_of(primary)
         cluster.wait_replicated(primary)  # what the producers wrote survives the failover
 
-        store = SlowStore(database)
+        store = SlowStore(database, delay_s=0.03)
         settled = SettledOutcomes()
         client = connect_redis(worker_settings)
         worker = Worker(client, None, worker_settings, store=store, observers=[settled])

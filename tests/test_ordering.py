@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import STREAM, client_metrics, job_of, make_worker, requeued
+from tests.support import STREAM, client_metrics, job_of, make_worker, requeued, server_metrics
 
 JOB = "job-1"
 CLIENT = "client-uuid-1"
@@ -24,17 +24,11 @@ def _job(database, status="IN_PROGRESS"):
 
 
 def _server(version, **extra):
-    return {
-        "v": "1",
-        "type": "server.metrics",
-        "job_id": JOB,
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
+    return server_metrics(JOB, {"version": version}, **extra)
 
 
-def _client(version, **extra):
-    return client_metrics(JOB, CLIENT, {"version": version}, **extra)
+def _client(version, client_uuid=CLIENT, **extra):
+    return client_metrics(JOB, client_uuid, {"version": version}, **extra)
 
 
 def test_sequence_with_more_digits_is_newer(fake_redis, database):

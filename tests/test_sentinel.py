@@ -25,27 +25,24 @@ from pymongo.database import Database
 
 from tests.redis_sentinel import LocalSentinel
 from tests.redis_server import RedisServer
-from tests.support import STREAM, RecordingStore, SettledOutcomes, fixed_id, job_of, settings
+from tests.support import (
+    STREAM,
+    RecordingStore,
+    SettledOutcomes,
+    SlowStore,
+    fixed_id,
+    job_of,
+    settings,
+)
 from tests.support import wait_until as wait
 from worker.cli import main
 from worker.connections import connect_redis
 from worker.consumer import Worker
-from worker.events import Event
-from worker.outcomes import Outcome
-from worker.positions import StreamPosition
 from worker.settings import Settings
 
 pytestmark = pytest.mark.redis_server
 
 A_UUID = "0c316680-1375-4e07-84c3-a732a2e6d03f"
-
-
-class SlowStore(RecordingStore):
-    """The real store, slowed down so that a failover lands mid-run."""
-
-    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
-        time.sleep(0.08)
-        return super().apply(event, position, dry_run=dry_run)
 
 
 def _publish_fixed(client: redis.Redis, entries: list[dict[str, str]]) -> list[str]:
@@ -89,7 +86,7 @@ def drain_through_a_failover(
     )
     client = connect_redis(worker_settings)
     published = [entry_id for entry_id, _ in client.xrange(STREAM)]
-    store, settled = SlowStore(database), SettledOutcomes()
+    store, settled = SlowStore(database, delay_s=0.08), SettledOutcomes()
     worker = Worker(client, None, worker_settings, store=store, observers=[settled])
     failures: list[BaseException] = []
 
