@@ -423,7 +423,7 @@ def run_demo(
         limit_s = _time_limit_s(len(steps), pace_s, deadline_s, settings, kill_server=kill_server)
         play = _Play(steps, job_id, publisher, reporters, worker, collection, result, pace_s)
         _play_within(limit_s, play, say, sleep, kill_at=kill_at)
-        _read_outcome(result, redis_client, names, worker, collection, limit_s, kill_at=kill_at)
+        _read_outcome(play, redis_client, names, limit_s, killed=kill_at is not None)
         for line in summary_lines(result):
             say(line)
     finally:
@@ -488,25 +488,19 @@ def _play_within(
 
 
 def _read_outcome(
-    result: DemoResult,
-    redis_client: redis.Redis,
-    names: DemoNames,
-    worker: Worker,
-    collection: Collection[Any],
-    limit_s: float,
-    *,
-    kill_at: int | None,
+    play: _Play, redis_client: redis.Redis, names: DemoNames, limit_s: float, *, killed: bool
 ) -> None:
-    """Fill ``result`` with the final document, the counts and the problems found."""
+    """Fill the play's result with the final document, the counts and the problems found."""
+    result, worker = play.result, play.worker
     if worker.stopping:
         result.problems.append(
             f"gave up after {limit_s:.0f} s: the worker was still waiting "
             "(is Redis or MongoDB unavailable?)"
         )
-    result.document = collection.find_one({"_id": result.job_id})
+    result.document = play.collection.find_one({"_id": result.job_id})
     result.events = int(redis_client.xlen(names.stream))
     result.dead_letters = _dead_letters(redis_client, names.dead_stream)
-    result.problems += _problems(result, worker.stream.pending_count(), killed=kill_at is not None)
+    result.problems += _problems(result, worker.stream.pending_count(), killed=killed)
 
 
 def _clean_up(
@@ -556,13 +550,7 @@ def _play(
     """Each step, then a drain and a progress line when the document changed. With
     ``kill_at``, the server dies before that step, and the rest of the run is the wait
     for the watchdog (:func:`_await_watchdog`)."""
-    job_id, reporters, worker, collection, result = (
-        play.job_id,
-        play.reporters,
-        play.worker,
-        play.collection,
-        play.result,
-    )
+    worker, result, reporters = play.worker, play.result, play.reporters
     started = time.monotonic()
     shown: Progress | None = None
     for number, step in enumerate(play.steps):
@@ -575,10 +563,10 @@ def _play(
                 f"[{time.monotonic() - started:5.1f}s] the FL server process dies: no more "
                 "events from it (no fit_end, its heartbeats stopped); the clients wait for it"
             )
-            shown = _await_watchdog(job_id, worker, collection, result, say, sleep, started, shown)
+            shown = _await_watchdog(play, say, sleep, started, shown)
             break
         if isinstance(step, StatusStep):
-            play.publisher.status(job_id, step.status)
+            play.publisher.status(play.job_id, step.status)
         else:
             reporters[step.host].report(step.data, round=step.round)
         result.counts.update(worker.drain())
@@ -586,7 +574,7 @@ def _play(
             return
         if kill_at is not None:
             worker.run_watchdog()  # as a running worker does: the live job is left alone
-        progress = read_progress(collection.find_one({"_id": job_id}) or {})
+        progress = read_progress(play.collection.find_one({"_id": play.job_id}) or {})
         if progress != shown:
             say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")
             shown = progress
@@ -606,10 +594,7 @@ def _kill(reporter: StreamMetricsReporter) -> None:
 
 
 def _await_watchdog(
-    job_id: str,
-    worker: Worker,
-    collection: Collection[Any],
-    result: DemoResult,
+    play: _Play,
     say: Callable[[str], None],
     sleep: Callable[[float], None],
     started: float,
@@ -618,6 +603,7 @@ def _await_watchdog(
     """Run the worker and its watchdog every interval until the job is no longer
     IN_PROGRESS, showing the server's silence as the watchdog counts it; gives up after
     the limit plus :data:`KILL_SLACK_S` (or when the demo's deadline stops the worker)."""
+    job_id, worker, result = play.job_id, play.worker, play.result
     settings = worker.settings
     give_up = time.monotonic() + settings.stale_after_s + KILL_SLACK_S
     while not worker.stopping:
@@ -629,7 +615,7 @@ def _await_watchdog(
                 f"job.status FINISHED_WITH_ERROR for job {job_id}"
             )
         result.counts.update(worker.drain())
-        document = collection.find_one({"_id": job_id}) or {}
+        document = play.collection.find_one({"_id": job_id}) or {}
         progress = read_progress(document)
         if progress != shown:
             say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")

@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 def _add_list(
     actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> argparse.ArgumentParser:
-    listing = actions.add_parser(
+    listing: argparse.ArgumentParser = actions.add_parser(
         "list",
         parents=[common],
         help="a table of dead letters, oldest first",
@@ -86,7 +86,7 @@ def _add_list(
 def _add_show(
     actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> argparse.ArgumentParser:
-    show = actions.add_parser(
+    show: argparse.ArgumentParser = actions.add_parser(
         "show",
         parents=[common],
         help="every field of one dead letter",
@@ -101,7 +101,7 @@ def _add_show(
 def _add_requeue(
     actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> argparse.ArgumentParser:
-    requeue = actions.add_parser(
+    requeue: argparse.ArgumentParser = actions.add_parser(
         "requeue",
         parents=[common],
         help="put dead letters back on the events stream (origin_id kept)",
@@ -123,7 +123,7 @@ def _add_requeue(
 def _add_drop(
     actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
 ) -> argparse.ArgumentParser:
-    drop = actions.add_parser(
+    drop: argparse.ArgumentParser = actions.add_parser(
         "drop",
         parents=[common],
         help="delete dead letters for good",
