@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -17,15 +16,10 @@ import redis
 import structlog
 from pymongo.database import Database
 
-from tests.support import RecordingStore, fixed_id, job_of, settings
+from tests.support import SettledOutcomes, SlowStore, fixed_id, job_of, settings
 from tests.support import wait_until as wait
 from worker.connections import connect_redis
 from worker.consumer import Worker
-from worker.events import Event
-from worker.observers import BatchObserver
-from worker.observers import Settled as ObservedEntry
-from worker.outcomes import Outcome
-from worker.positions import StreamPosition
 from worker.settings import Settings
 
 STREAM = "{failover}:events"
@@ -51,35 +45,6 @@ def failover_settings(redis_url: str, tmp_path: Any, **overrides: Any) -> Settin
     return settings(**(values | overrides))
 
 
-class SlowStore(RecordingStore):
-    """The real store, a little slow (so a failover lands mid-run), recording outcomes."""
-
-    def __init__(self, database: Database[Any], delay_s: float = 0.03) -> None:
-        super().__init__(database)
-        self.delay_s = delay_s
-
-    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
-        time.sleep(self.delay_s)
-        return super().apply(event, position, dry_run=dry_run)
-
-
-class Settled(BatchObserver):
-    """Every settled entry's outcomes, by entry ID."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, list[str]] = defaultdict(list)
-        self.lock = threading.Lock()
-
-    def batch_settled(self, results: Sequence[ObservedEntry], seconds: float) -> None:
-        with self.lock:
-            for item, outcome in results:
-                self.outcomes[item.entry.id].append(outcome.value)
-
-    def ids(self) -> set[str]:
-        with self.lock:
-            return set(self.outcomes)
-
-
 def reference_document(
     client: redis.Redis, job_document: dict[str, Any], entries: list[dict[str, str]]
 ) -> dict[str, Any]:
@@ -99,8 +64,8 @@ class Consuming:
     def __init__(self, worker_settings: Settings, database: Database[Any]) -> None:
         self.settings = worker_settings
         self.client = connect_redis(self.settings)
-        self.store = SlowStore(database)
-        self.settled = Settled()
+        self.store = SlowStore(database, delay_s=0.03)
+        self.settled = SettledOutcomes()
         self.worker = Worker(
             self.client, None, self.settings, store=self.store, observers=[self.settled]
         )

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import bson
+import mongomock_ng
 
 _IDENTIFIER = re.compile(r"[a-z][a-zA-Z0-9]*")
 _POSITIONAL = re.compile(r"\$\[([^\]]*)\]")
@@ -151,3 +152,11 @@ class CheckingDatabase:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._database, name)
+
+
+def checking_database(*jobs: Mapping[str, Any]) -> CheckingDatabase:
+    """A fresh in-memory database, its writes checked as above, holding ``jobs``."""
+    database = CheckingDatabase(mongomock_ng.MongoClient()["review"])
+    for job in jobs:
+        database["job"].insert_one(dict(job))
+    return database

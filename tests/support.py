@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ from pymongo.database import Database
 
 from worker.consumer import Worker
 from worker.events import Event
+from worker.observers import BatchObserver, Settled
 from worker.outcomes import Decision, Outcome
 from worker.positions import StreamPosition
 from worker.requeues import RequeueRecord
@@ -59,6 +61,31 @@ def requeued(client: redis.Redis, fields: Mapping[str, str], origin_id: str) -> 
     record = RequeueRecord.of({key.encode(): value.encode() for key, value in written.items()})
     client.hset(f"{STREAM}:requeued", token, record.text())
     return written
+
+
+def server_metrics(job_id: str, metrics: Any, **extra: str) -> dict[str, str]:
+    """A v1 ``server.metrics`` entry with ``metrics`` as its snapshot; ``extra`` adds or
+    replaces fields."""
+    return {
+        "v": "1",
+        "type": "server.metrics",
+        "job_id": job_id,
+        "metrics": json.dumps(metrics),
+        **extra,
+    }
+
+
+def client_metrics(job_id: str, client_uuid: str, metrics: Any, **extra: str) -> dict[str, str]:
+    """A v1 ``client.metrics`` entry with ``metrics`` as its snapshot; ``extra`` adds or
+    replaces fields."""
+    return {
+        "v": "1",
+        "type": "client.metrics",
+        "job_id": job_id,
+        "client_uuid": client_uuid,
+        "metrics": json.dumps(metrics),
+        **extra,
+    }
 
 
 def make_worker(client: redis.Redis, database: Database[Any], **overrides: Any) -> Worker:
@@ -134,6 +161,19 @@ class RecordingStore(MongoJobStore):
         return [p for p, seen in self.outcomes.items() if Counter(seen)[Outcome.APPLIED] > 1]
 
 
+class SlowStore(RecordingStore):
+    """:class:`RecordingStore` taking ``delay_s`` over each event, so that a failover or a
+    kill lands mid-run."""
+
+    def __init__(self, database: Database[Any], delay_s: float) -> None:
+        super().__init__(database)
+        self.delay_s = delay_s
+
+    def apply(self, event: Event, position: StreamPosition, *, dry_run: bool = False) -> Outcome:
+        time.sleep(self.delay_s)
+        return super().apply(event, position, dry_run=dry_run)
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -156,3 +196,37 @@ def dead_letters(client: redis.Redis) -> list[dict[str, str]]:
         {k.decode(): v.decode(errors="replace") for k, v in fields.items()}
         for _id, fields in client.xrange(DEAD)
     ]
+
+
+class SettledOutcomes(BatchObserver):
+    """Every settled entry's outcomes, by entry ID, from any thread."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[str]] = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def batch_settled(self, results: Sequence[Settled], seconds: float) -> None:
+        with self.lock:
+            for item, outcome in results:
+                self.outcomes[item.entry.id].append(outcome.value)
+
+    def ids(self) -> set[str]:
+        with self.lock:
+            return set(self.outcomes)
+
+
+class WorkerThread:
+    """``Worker.run()`` in a thread for a ``with`` block, stopped and joined at its end."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.thread = threading.Thread(target=worker.run, daemon=True)
+
+    def __enter__(self) -> Worker:
+        self.thread.start()
+        return self.worker
+
+    def __exit__(self, *exc: object) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=20)
+        assert not self.thread.is_alive(), "the worker did not stop"

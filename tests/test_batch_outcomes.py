@@ -15,8 +15,8 @@ import pytest
 from pymongo.errors import AutoReconnect, BulkWriteError, WriteError
 
 from tests.conftest import load_job_document
-from tests.mongo_checks import CheckingDatabase
-from tests.support import STREAM, WithJobCollection, job_of, settings
+from tests.mongo_checks import CheckingDatabase, checking_database
+from tests.support import STREAM, WithJobCollection, job_of, server_metrics, settings
 from worker.consumer import Worker
 from worker.events import parse_entry
 from worker.outcomes import Outcome
@@ -31,27 +31,18 @@ OTHER = "job-b"
 
 
 def _database(*documents: dict[str, Any]) -> Any:
-    database = CheckingDatabase(mongomock_ng.MongoClient()["review"])
-    for document in documents or (
-        {"_id": JOB, "status": "NOT_STARTED", "clients_info": []},
-        {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
-    ):
-        database["job"].insert_one(dict(document))
-    return database
+    """``documents``, or JOB and OTHER not started yet."""
+    return checking_database(
+        *documents
+        or (
+            {"_id": JOB, "status": "NOT_STARTED", "clients_info": []},
+            {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
+        )
+    )
 
 
 def _status(job: str, status: str, **extra: str) -> dict[str, str]:
     return {"v": "1", "type": "job.status", "job_id": job, "status": status, **extra}
-
-
-def _server(job: str, metrics: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {
-        "v": "1",
-        "type": "server.metrics",
-        "job_id": job,
-        "metrics": json.dumps(metrics),
-        **extra,
-    }
 
 
 class _Collection:
@@ -166,7 +157,7 @@ def test_entries_applied_before_a_write_concern_timeout_are_counted_applied(fake
     store._bulk = _WriteConcernTimeoutOnce(store._bulk)
     fake_redis.xadd(STREAM, _status(JOB, "IN_PROGRESS"))
     fake_redis.xadd(STREAM, _status(OTHER, "IN_PROGRESS"))
-    fake_redis.xadd(STREAM, _server(JOB, {"round": 1}))
+    fake_redis.xadd(STREAM, server_metrics(JOB, {"round": 1}))
 
     counts = Worker(fake_redis, None, settings(), store=store).drain()
 
@@ -185,7 +176,7 @@ def test_entries_applied_before_an_outage_in_a_one_by_one_batch_are_counted_appl
 
     fake_redis.xadd(STREAM, _status(JOB, "IN_PROGRESS"))
     fake_redis.xadd(STREAM, _status(OTHER, "IN_PROGRESS"))
-    fake_redis.xadd(STREAM, _server(JOB, {"round": 1}))
+    fake_redis.xadd(STREAM, server_metrics(JOB, {"round": 1}))
     worker = Worker(
         fake_redis,
         _hooked(database, on_update=second_update_times_out),
@@ -205,7 +196,7 @@ def _three(first: tuple[Any, StreamPosition]) -> list[tuple[Any, StreamPosition]
     return [
         first,
         (_event(_status(OTHER, "IN_PROGRESS")), StreamPosition(20, 0)),
-        (_event(_server(OTHER, {"round": 1})), StreamPosition(20, 1)),
+        (_event(server_metrics(OTHER, {"round": 1})), StreamPosition(20, 1)),
     ]
 
 
@@ -250,16 +241,16 @@ def test_an_applied_write_superseded_before_the_settle_read_is_counted_applied()
     other_worker = MongoJobStore(database)
 
     def another_worker_writes_other() -> None:  # OTHER's write in the bulk will miss
-        newer = _event(_server(OTHER, {"round": 9}))
+        newer = _event(server_metrics(OTHER, {"round": 9}))
         assert other_worker.apply(newer, StreamPosition(90, 0)) is Outcome.APPLIED
 
     def another_worker_writes_job() -> None:  # right after our bulk, before the settle
-        newer = _event(_server(JOB, {"round": 7}))
+        newer = _event(server_metrics(JOB, {"round": 7}))
         assert other_worker.apply(newer, StreamPosition(70, 0)) is Outcome.APPLIED
 
     store = MongoJobStore(_hooked(database, after_find=another_worker_writes_other))
     store._bulk = _AfterBulk(store._bulk, another_worker_writes_job)
-    items = _three((_event(_server(JOB, {"round": 5})), StreamPosition(5, 0)))
+    items = _three((_event(server_metrics(JOB, {"round": 5})), StreamPosition(5, 0)))
 
     outcomes = [outcome for outcome, _error in store.apply_batch(items)]
 
@@ -276,7 +267,7 @@ def test_a_stored_uuid_of_an_unhashable_type_does_not_break_the_batch_of_its_job
         {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
     )
     store = MongoJobStore(database)
-    items = _three((_event(_server(JOB, {"round": 1})), StreamPosition(5, 0)))
+    items = _three((_event(server_metrics(JOB, {"round": 1})), StreamPosition(5, 0)))
 
     outcomes = store.apply_batch(items)  # today: TypeError: unhashable type: 'list'
 
@@ -292,7 +283,7 @@ def test_a_repeated_server_uuid_resolves_to_the_same_job_batched_or_not():
             {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
         )
         store = MongoJobStore(database, batched=batched)
-        by_uuid = {k: v for k, v in _server("", {"round": 1}).items() if k != "job_id"}
+        by_uuid = {k: v for k, v in server_metrics("", {"round": 1}).items() if k != "job_id"}
         items = _three((_event({**by_uuid, "server_uuid": "S"}), StreamPosition(5, 0)))
         store.apply_batch(items)
         return [job_of(database, job).get("server_metrics") for job in ("k", "l")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.support import STREAM, job_of, make_worker, requeued
+from tests.support import STREAM, client_metrics, job_of, make_worker, requeued, server_metrics
 
 JOB = "job-1"
 CLIENT = "client-uuid-1"
@@ -24,24 +24,11 @@ def _job(database, status="IN_PROGRESS"):
 
 
 def _server(version, **extra):
-    return {
-        "v": "1",
-        "type": "server.metrics",
-        "job_id": JOB,
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
+    return server_metrics(JOB, {"version": version}, **extra)
 
 
-def _client(version, **extra):
-    return {
-        "v": "1",
-        "type": "client.metrics",
-        "job_id": JOB,
-        "client_uuid": CLIENT,
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
+def _client(version, client_uuid=CLIENT, **extra):
+    return client_metrics(JOB, client_uuid, {"version": version}, **extra)
 
 
 def test_sequence_with_more_digits_is_newer(fake_redis, database):
@@ -165,26 +152,15 @@ def test_metrics_keep_applying_after_the_job_finished(fake_redis, database):
     assert document["status"] == "FINISHED_SUCCESSFULLY"
 
 
-def _client_event(version, **extra):
-    return {
-        "v": "1",
-        "type": "client.metrics",
-        "job_id": JOB,
-        "client_uuid": "u",
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
-
-
 def test_every_copy_of_a_repeated_client_uuid_gets_the_same_newest_snapshot(fake_redis, database):
     database["job"].insert_one(
         {"_id": JOB, "status": "IN_PROGRESS", "clients_info": [{"uuid": "u"}, {"uuid": "u"}]}
     )
-    fake_redis.xadd(STREAM, _client_event(2), id="5-2")  # the newer one first
+    fake_redis.xadd(STREAM, _client(2, client_uuid="u"), id="5-2")  # the newer one first
     worker = make_worker(fake_redis, database, batch_size=1)
     assert worker.drain() == {"applied": 1}
-    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(1), "5-1"), id="6-0")
-    fake_redis.xadd(STREAM, requeued(fake_redis, _client_event(2), "5-2"), id="6-1")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client(1, client_uuid="u"), "5-1"), id="6-0")
+    fake_redis.xadd(STREAM, requeued(fake_redis, _client(2, client_uuid="u"), "5-2"), id="6-1")
     assert worker.drain() == {"duplicate": 2}
     metrics = [json.loads(c["metrics"]) for c in job_of(database, JOB)["clients_info"]]
     assert metrics == [{"version": 2}, {"version": 2}]

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tests.redis_server import RedisServer
 from tests.support import (
     DEAD,
     STREAM,
+    WorkerThread,
     decoded_metrics,
     last_snapshots,
     pending_of,
@@ -30,23 +30,6 @@ from worker.consumer import Worker
 
 def _client(server: RedisServer) -> redis.Redis:
     return redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
-
-
-class Running:
-    """``Worker.run()`` in a thread, stopped and joined at the end."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.run, daemon=True)
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=10)
-        assert not self.thread.is_alive(), "the worker did not stop"
 
 
 def _worker(server, database, tmp_path, **overrides):
@@ -78,7 +61,7 @@ def test_restart_with_aof_loses_nothing(
     database["job"].insert_one(job_document)
     producer = _client(private_redis)
     first, rest = sample_entries[:20], sample_entries[20:]
-    with Running(_worker(private_redis, database, tmp_path)) as worker:
+    with WorkerThread(_worker(private_redis, database, tmp_path)) as worker:
         publish(producer, first)
         wait_until(lambda: worker.counts.total() == 20, what="the first 20 events")
         private_redis.restart()  # kill -9, then start again from the AOF
@@ -96,7 +79,7 @@ def test_restart_without_persistence_recreates_the_group(
     try:
         database["job"].insert_one(job_document)
         producer = _client(server)
-        with capture_logs() as logs, Running(_worker(server, database, tmp_path)) as worker:
+        with capture_logs() as logs, WorkerThread(_worker(server, database, tmp_path)) as worker:
             publish(producer, sample_entries[:10])
             wait_until(lambda: worker.counts.total() == 10, what="the first 10 events")
             server.restart()  # the stream and its group are gone
@@ -113,7 +96,7 @@ def test_idle_longer_than_the_socket_timeout(
     private_redis, database, job_document, sample_entries, tmp_path
 ):
     database["job"].insert_one(job_document)
-    with capture_logs() as logs, Running(_worker(private_redis, database, tmp_path)) as worker:
+    with capture_logs() as logs, WorkerThread(_worker(private_redis, database, tmp_path)) as worker:
         time.sleep(2.5)  # 2.5 x the client's 1 s socket timeout, with nothing to read
         publish(_client(private_redis), sample_entries)
         wait_until(lambda: _finished(database, job_document["_id"], sample_entries), what="all")

@@ -17,13 +17,15 @@ from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
-from tests.mongo_checks import CheckingDatabase
+from tests.mongo_checks import checking_database
 from tests.support import (
     STREAM,
+    client_metrics,
     dead_letters,
     job_of,
     make_worker,
     requeued,
+    server_metrics,
     settings,
 )
 from worker.consumer import Worker
@@ -220,36 +222,19 @@ def test_replay_rebuilds_the_document_a_requeue_left(
 # ------------------------- origin_id claims: unvouched, or not before the entry
 
 
-def _database(*documents: dict[str, Any]) -> Any:
-    database = CheckingDatabase(mongomock_ng.MongoClient()["review"])
-    for document in documents or (
-        {"_id": JOB, "status": "NOT_STARTED", "clients_info": []},
-        {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
-    ):
-        database["job"].insert_one(dict(document))
-    return database
-
-
-def _server(job: str, metrics: dict[str, Any], **extra: str) -> dict[str, str]:
-    return {
-        "v": "1",
-        "type": "server.metrics",
-        "job_id": job,
-        "metrics": json.dumps(metrics),
-        **extra,
-    }
-
-
 def test_a_letter_claiming_an_unvouched_origin_is_held_until_vouched_then_loses_to_newer(
     fake_redis,
 ):
-    database = _database()
+    database = checking_database(
+        {"_id": JOB, "status": "NOT_STARTED", "clients_info": []},
+        {"_id": OTHER, "status": "NOT_STARTED", "clients_info": []},
+    )
     config = settings()
     # History: the snapshot of round 1 (first ID 100-0) was dead-lettered by an older
     # worker, round 3 was applied at 300-0, then the older `dlq requeue` wrote round 1
     # back at 500-0 with origin_id 100-0 and no token. Then the upgrade.
-    fake_redis.xadd(STREAM, _server(JOB, {"round": 3}), id="300-0")
-    fake_redis.xadd(STREAM, _server(JOB, {"round": 1}, origin_id="100-0"), id="500-0")
+    fake_redis.xadd(STREAM, server_metrics(JOB, {"round": 3}), id="300-0")
+    fake_redis.xadd(STREAM, server_metrics(JOB, {"round": 1}, origin_id="100-0"), id="500-0")
     Worker(fake_redis, database, config).drain()  # 300-0 applied, 500-0 invalid
     assert json.loads(job_of(database, JOB)["server_metrics"]) == {"round": 3}
 
@@ -265,14 +250,7 @@ def test_a_letter_claiming_an_unvouched_origin_is_held_until_vouched_then_loses_
 
 
 def _client_event(version, **extra):
-    return {
-        "v": "1",
-        "type": "client.metrics",
-        "job_id": JOB,
-        "client_uuid": "u",
-        "metrics": json.dumps({"version": version}),
-        **extra,
-    }
+    return client_metrics(JOB, "u", {"version": version}, **extra)
 
 
 def test_an_origin_id_not_before_the_entrys_own_id_is_invalid(fake_redis, database):

@@ -23,10 +23,17 @@ from florist_events import EventPublisher, StreamMetricsReporter
 from florist_events.urls import client_from_url
 from pymongo.database import Database
 
-from tests.failover import Settled, SlowStore
 from tests.redis_sentinel import LocalSentinel
 from tests.redis_server import RedisServer
-from tests.support import STREAM, RecordingStore, fixed_id, job_of, settings
+from tests.support import (
+    STREAM,
+    RecordingStore,
+    SettledOutcomes,
+    SlowStore,
+    fixed_id,
+    job_of,
+    settings,
+)
 from tests.support import wait_until as wait
 from worker.cli import main
 from worker.connections import connect_redis
@@ -64,7 +71,7 @@ def drain_through_a_failover(
     database: Database[Any],
     tmp_path: Path,
     fail_over: Callable[[], None],
-) -> tuple[float, Settled, RecordingStore, list[dict[str, Any]]]:
+) -> tuple[float, SettledOutcomes, RecordingStore, list[dict[str, Any]]]:
     """A worker consumes the published entries through the Sentinel URL while
     ``fail_over`` runs mid-run; returns the seconds from the failover to drained, what
     was settled, the store and the logs."""
@@ -79,7 +86,7 @@ def drain_through_a_failover(
     )
     client = connect_redis(worker_settings)
     published = [entry_id for entry_id, _ in client.xrange(STREAM)]
-    store, settled = SlowStore(database, delay_s=0.08), Settled()
+    store, settled = SlowStore(database, delay_s=0.08), SettledOutcomes()
     worker = Worker(client, None, worker_settings, store=store, observers=[settled])
     failures: list[BaseException] = []
 
@@ -132,7 +139,7 @@ def assert_nothing_lost(
     database: Database[Any],
     job_document: dict[str, Any],
     expected: dict[str, Any],
-    settled: Settled,
+    settled: SettledOutcomes,
     store: RecordingStore,
     entries: list[dict[str, str]],
 ) -> None:

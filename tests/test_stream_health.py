@@ -5,7 +5,6 @@ the group read them, and an entry ID far ahead of Redis's clock, as the worker's
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from structlog.testing import capture_logs
 
 from tests.redis_cluster import LocalCluster
 from tests.redis_server import RedisServer
-from tests.support import STREAM, publish, settings, wait_until
+from tests.support import STREAM, WorkerThread, publish, settings, wait_until
 from tests.test_prometheus import Samples, scrape, value
 from worker import deadletter, stream_health
 from worker.cli import main
@@ -74,23 +73,6 @@ def exporter() -> Iterator[PrometheusObserver]:
 def _serve(observer: PrometheusObserver, client: redis.Redis, url: str) -> None:
     observer.watch_stream(client, _settings(url), cache_s=0)
     observer.serve(0, "127.0.0.1")
-
-
-class Running:
-    """``Worker.run()`` in a thread, stopped (its last summary logged) at the end."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.thread = threading.Thread(target=worker.run, daemon=True)
-
-    def __enter__(self) -> Worker:
-        self.thread.start()
-        return self.worker
-
-    def __exit__(self, *exc: object) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=20)
-        assert not self.thread.is_alive(), "the worker did not stop"
 
 
 # -- the true lag after a failover --------------------------------------------------------
@@ -168,7 +150,7 @@ def test_after_a_failover_the_summary_stats_and_prometheus_count_the_true_lag(
     assert value(samples, "florist_worker_lag_exact") == 1
     assert value(samples, "florist_worker_redis_lag") == 28
     running = Worker(new, database, _settings(replica.url, heartbeat_file=tmp_path / "beat"))
-    with capture_logs() as logs, Running(running):
+    with capture_logs() as logs, WorkerThread(running):
         pass
     assert [line["lag"] for line in _summaries(logs)] == [0]
     assert [line["gone_unread"] for line in _events(logs, STALE)] == [28]

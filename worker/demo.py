@@ -409,92 +409,139 @@ def run_demo(
     def say(text: str) -> None:
         print(text, file=out, flush=True)
 
-    say(
-        f"events go to the demo's own stream {names.stream} (group {names.group}, dead letters "
-        f"{names.dead_stream}); they are deleted at the end"
-    )
+    say(_names_line(names))
     try:
         collection.insert_one(document)
         say(f"created job {job_id} ({document['status']}, {len(_hosts(document)) - 1} clients)")
         publisher = EventPublisher(redis_client, names.stream)
         steps = plan_steps(load_run_events())
-        kill_at: int | None = None
-        if kill_server:
-            kill_at = kill_point(steps)
-            say(
-                f"--kill-server: the FL server process dies at step {kill_at + 1} of "
-                f"{len(steps)}; limits shortened for the demo: FLORIST_STALE_AFTER_S="
-                f"{settings.stale_after_s:g}, FLORIST_WATCHDOG_INTERVAL_S="
-                f"{settings.watchdog_interval_s:g}, reporter heartbeats every "
-                f"{KILL_HEARTBEAT_INTERVAL_S:g} s"
-            )
-            reporters = _reporters(
-                publisher, job_id, steps, heartbeat_interval_s=KILL_HEARTBEAT_INTERVAL_S
-            )
-        else:
-            reporters = _reporters(publisher, job_id, steps)
+        kill_at = kill_point(steps) if kill_server else None
+        if kill_at is not None:
+            say(_kill_announcement(kill_at, len(steps), settings))
+        reporters = _reporters(publisher, job_id, steps, short_heartbeats=kill_server)
         worker = Worker(redis_client, database, settings)
-        limit_s = pace_s * len(steps) + SLACK_S if deadline_s is None else deadline_s
-        if kill_server and deadline_s is None:
-            limit_s += settings.stale_after_s + KILL_SLACK_S
-        watchdog = threading.Timer(limit_s, worker.stop)
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            _play(
-                steps,
-                job_id,
-                publisher,
-                reporters,
-                worker,
-                collection,
-                result,
-                pace_s,
-                say,
-                sleep,
-                kill_at=kill_at,
-            )
-        finally:
-            watchdog.cancel()
-            for reporter in reporters.values():
-                _kill(reporter)  # no heartbeat thread outlives the demo, whatever happened
-        if worker.stopping:
-            result.problems.append(
-                f"gave up after {limit_s:.0f} s: the worker was still waiting "
-                "(is Redis or MongoDB unavailable?)"
-            )
-        result.document = collection.find_one({"_id": job_id})
-        result.events = int(redis_client.xlen(names.stream))
-        result.dead_letters = _dead_letters(redis_client, names.dead_stream)
-        result.problems += _problems(
-            result, worker.stream.pending_count(), killed=kill_at is not None
-        )
+        limit_s = _time_limit_s(len(steps), pace_s, deadline_s, settings, kill_server=kill_server)
+        play = _Play(steps, job_id, publisher, reporters, worker, collection, result, pace_s)
+        _play_within(limit_s, play, say, sleep, kill_at=kill_at)
+        _read_outcome(play, redis_client, names, limit_s, killed=kill_at is not None)
         for line in summary_lines(result):
             say(line)
     finally:
-        if kill_server:
-            redis_client.delete(*names.keys, lock_key(names.stream))
-        else:
-            redis_client.delete(*names.keys)
-        say(
-            f"removed the demo's Redis keys: stream {names.stream} (with group {names.group}) "
-            f"and dead-letter stream {names.dead_stream}"
-        )
-        if remove_job:
-            collection.delete_one({"_id": job_id})
-            say(f"removed the demo job {job_id} from the database")
+        _clean_up(redis_client, names, collection, job_id, say, kill_server, remove_job)
     return result
 
 
-def _play(
-    steps: Sequence[Step],
-    job_id: str,
-    publisher: EventPublisher,
-    reporters: Mapping[str, StreamMetricsReporter],
-    worker: Worker,
-    collection: Collection[Any],
-    result: DemoResult,
+def _names_line(names: DemoNames) -> str:
+    return (
+        f"events go to the demo's own stream {names.stream} (group {names.group}, dead letters "
+        f"{names.dead_stream}); they are deleted at the end"
+    )
+
+
+def _kill_announcement(kill_at: int, step_count: int, settings: Settings) -> str:
+    return (
+        f"--kill-server: the FL server process dies at step {kill_at + 1} of "
+        f"{step_count}; limits shortened for the demo: FLORIST_STALE_AFTER_S="
+        f"{settings.stale_after_s:g}, FLORIST_WATCHDOG_INTERVAL_S="
+        f"{settings.watchdog_interval_s:g}, reporter heartbeats every "
+        f"{KILL_HEARTBEAT_INTERVAL_S:g} s"
+    )
+
+
+def _time_limit_s(
+    step_count: int,
     pace_s: float,
+    deadline_s: float | None,
+    settings: Settings,
+    *,
+    kill_server: bool,
+) -> float:
+    """``deadline_s``, or the pauses plus :data:`SLACK_S` (and, with ``kill_server``, the
+    watchdog's limit plus :data:`KILL_SLACK_S`)."""
+    if deadline_s is not None:
+        return deadline_s
+    limit_s = pace_s * step_count + SLACK_S
+    if kill_server:
+        limit_s += settings.stale_after_s + KILL_SLACK_S
+    return limit_s
+
+
+def _play_within(
+    limit_s: float,
+    play: _Play,
+    say: Callable[[str], None],
+    sleep: Callable[[float], None],
+    *,
+    kill_at: int | None,
+) -> None:
+    """:func:`_play`, with the worker stopped after ``limit_s``; no reporter's heartbeat
+    thread outlives it, whatever happens."""
+    timer = threading.Timer(limit_s, play.worker.stop)
+    timer.daemon = True
+    timer.start()
+    try:
+        _play(play, say, sleep, kill_at=kill_at)
+    finally:
+        timer.cancel()
+        for reporter in play.reporters.values():
+            _kill(reporter)
+
+
+def _read_outcome(
+    play: _Play, redis_client: redis.Redis, names: DemoNames, limit_s: float, *, killed: bool
+) -> None:
+    """Fill the play's result with the final document, the counts and the problems found."""
+    result, worker = play.result, play.worker
+    if worker.stopping:
+        result.problems.append(
+            f"gave up after {limit_s:.0f} s: the worker was still waiting "
+            "(is Redis or MongoDB unavailable?)"
+        )
+    result.document = play.collection.find_one({"_id": result.job_id})
+    result.events = int(redis_client.xlen(names.stream))
+    result.dead_letters = _dead_letters(redis_client, names.dead_stream)
+    result.problems += _problems(result, worker.stream.pending_count(), killed=killed)
+
+
+def _clean_up(
+    redis_client: redis.Redis,
+    names: DemoNames,
+    collection: Collection[Any],
+    job_id: str,
+    say: Callable[[str], None],
+    kill_server: bool,
+    remove_job: bool,
+) -> None:
+    """Delete the demo's Redis keys (and the job document with ``remove_job``)."""
+    if kill_server:
+        redis_client.delete(*names.keys, lock_key(names.stream))
+    else:
+        redis_client.delete(*names.keys)
+    say(
+        f"removed the demo's Redis keys: stream {names.stream} (with group {names.group}) "
+        f"and dead-letter stream {names.dead_stream}"
+    )
+    if remove_job:
+        collection.delete_one({"_id": job_id})
+        say(f"removed the demo job {job_id} from the database")
+
+
+@dataclass(frozen=True, slots=True)
+class _Play:
+    """What :func:`_play` plays the run with, and where it counts what happened."""
+
+    steps: Sequence[Step]
+    job_id: str
+    publisher: EventPublisher
+    reporters: Mapping[str, StreamMetricsReporter]
+    worker: Worker
+    collection: Collection[Any]
+    result: DemoResult
+    pace_s: float
+
+
+def _play(
+    play: _Play,
     say: Callable[[str], None],
     sleep: Callable[[float], None],
     *,
@@ -503,11 +550,12 @@ def _play(
     """Each step, then a drain and a progress line when the document changed. With
     ``kill_at``, the server dies before that step, and the rest of the run is the wait
     for the watchdog (:func:`_await_watchdog`)."""
+    worker, result, reporters = play.worker, play.result, play.reporters
     started = time.monotonic()
     shown: Progress | None = None
-    for number, step in enumerate(steps):
-        if number and pace_s > 0:
-            sleep(pace_s)
+    for number, step in enumerate(play.steps):
+        if number and play.pace_s > 0:
+            sleep(play.pace_s)
         if number == kill_at:
             _kill(reporters[SERVER])
             result.killed_at_step = number
@@ -515,10 +563,10 @@ def _play(
                 f"[{time.monotonic() - started:5.1f}s] the FL server process dies: no more "
                 "events from it (no fit_end, its heartbeats stopped); the clients wait for it"
             )
-            shown = _await_watchdog(job_id, worker, collection, result, say, sleep, started, shown)
+            shown = _await_watchdog(play, say, sleep, started, shown)
             break
         if isinstance(step, StatusStep):
-            publisher.status(job_id, step.status)
+            play.publisher.status(play.job_id, step.status)
         else:
             reporters[step.host].report(step.data, round=step.round)
         result.counts.update(worker.drain())
@@ -526,7 +574,7 @@ def _play(
             return
         if kill_at is not None:
             worker.run_watchdog()  # as a running worker does: the live job is left alone
-        progress = read_progress(collection.find_one({"_id": job_id}) or {})
+        progress = read_progress(play.collection.find_one({"_id": play.job_id}) or {})
         if progress != shown:
             say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")
             shown = progress
@@ -546,10 +594,7 @@ def _kill(reporter: StreamMetricsReporter) -> None:
 
 
 def _await_watchdog(
-    job_id: str,
-    worker: Worker,
-    collection: Collection[Any],
-    result: DemoResult,
+    play: _Play,
     say: Callable[[str], None],
     sleep: Callable[[float], None],
     started: float,
@@ -558,6 +603,7 @@ def _await_watchdog(
     """Run the worker and its watchdog every interval until the job is no longer
     IN_PROGRESS, showing the server's silence as the watchdog counts it; gives up after
     the limit plus :data:`KILL_SLACK_S` (or when the demo's deadline stops the worker)."""
+    job_id, worker, result = play.job_id, play.worker, play.result
     settings = worker.settings
     give_up = time.monotonic() + settings.stale_after_s + KILL_SLACK_S
     while not worker.stopping:
@@ -569,7 +615,7 @@ def _await_watchdog(
                 f"job.status FINISHED_WITH_ERROR for job {job_id}"
             )
         result.counts.update(worker.drain())
-        document = collection.find_one({"_id": job_id}) or {}
+        document = play.collection.find_one({"_id": job_id}) or {}
         progress = read_progress(document)
         if progress != shown:
             say(f"[{time.monotonic() - started:5.1f}s] {progress.line()}")
@@ -606,10 +652,14 @@ def _silence_line(worker: Worker, document: Mapping[str, Any]) -> str:
 
 
 def _reporters(
-    publisher: EventPublisher, job_id: str, steps: Iterable[Step], **options: Any
+    publisher: EventPublisher, job_id: str, steps: Iterable[Step], *, short_heartbeats: bool
 ) -> dict[str, StreamMetricsReporter]:
     """One reporter per FL host of the run, as each process of a real run would have;
-    ``options`` go to every reporter (``heartbeat_interval_s`` for --kill-server)."""
+    with ``short_heartbeats`` (--kill-server) each sends a heartbeat every
+    :data:`KILL_HEARTBEAT_INTERVAL_S`."""
+    options: dict[str, Any] = {}
+    if short_heartbeats:
+        options["heartbeat_interval_s"] = KILL_HEARTBEAT_INTERVAL_S
     reporters: dict[str, StreamMetricsReporter] = {}
     for step in steps:
         if not isinstance(step, ReportStep) or step.host in reporters:

@@ -36,6 +36,7 @@ import pymongo
 import redis
 from pymongo.errors import PyMongoError
 
+from worker import mongo_failures, redis_failures
 from worker.document import SERVER_LAST_EVENT
 from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
@@ -316,12 +317,9 @@ def collect_jobs(
             raise
         return JobsStats.unavailable(
             label,
-            f"Redis refused a command the ages need ({_first_line(error)}); the worker's "
-            "ACL user has TIME (deploy/redis-acl.conf)",
+            f"Redis refused a command the ages need ({redis_failures.describe(error)}); the "
+            "worker's ACL user has TIME (deploy/redis-acl.conf)",
         )
-    group_exists = horizon is not None
-    horizon_ms = now_ms if horizon is None else horizon
-    limit_s = settings.stale_after_s
     try:
         with pymongo.timeout(timeout_s):
             documents = list(
@@ -333,19 +331,25 @@ def collect_jobs(
         return JobsStats.unavailable(
             label,
             f"MongoDB at {label} did not answer within {timeout_s:g} s "
-            f"({type(error).__name__}: {_first_line(error)})",
+            f"({mongo_failures.describe(error)})",
         )
-    jobs = []
-    for document in documents:
-        last = document.get(SERVER_LAST_EVENT)
-        # Without a server event the watchdog times the job from when it first saw it (in
-        # its own memory): nothing here can say how long that has been.
-        since = last if isinstance(last, int | float) and not isinstance(last, bool) else None
-        liveness = job_liveness(
-            document, horizon_ms, limit_s, horizon_ms if since is None else int(since)
-        )
-        jobs.append(job_silence(liveness, limit_s))
-    jobs.sort(key=lambda job: (_STATE_ORDER[job.state], -(job.server.age_s or 0.0), job.job_id))
+    return _jobs_stats(label, documents, settings.stale_after_s, now_ms, horizon)
+
+
+def _jobs_stats(
+    label: str,
+    documents: list[dict[str, Any]],
+    limit_s: float,
+    now_ms: int,
+    horizon: int | None,
+) -> JobsStats:
+    """The IN_PROGRESS ``documents`` as :class:`JobsStats`, most urgent first; ``horizon``
+    is the group's consumed horizon (None without a group: then ``now_ms`` serves)."""
+    horizon_ms = now_ms if horizon is None else horizon
+    jobs = sorted(
+        (_silence_of(document, horizon_ms, limit_s) for document in documents),
+        key=lambda job: (_STATE_ORDER[job.state], -(job.server.age_s or 0.0), job.job_id),
+    )
     return JobsStats(
         database=label,
         available=True,
@@ -354,7 +358,7 @@ def collect_jobs(
         horizon=datetime.fromtimestamp(horizon_ms / 1000, UTC),
         horizon_ms=horizon_ms,
         behind_s=round(max(0, now_ms - horizon_ms) / 1000, 1),
-        group_exists=group_exists,
+        group_exists=horizon is not None,
         in_progress=len(jobs),
         near_limit=sum(1 for job in jobs if job.state in (NEAR, OVER)),
         over_limit=sum(1 for job in jobs if job.state == OVER),
@@ -363,13 +367,15 @@ def collect_jobs(
     )
 
 
-def _first_line(error: BaseException) -> str:
-    """pymongo's messages carry the whole topology description after the first sentence."""
-    text = " ".join(str(error).split())
-    for tail in (" (configured timeouts:", ", Timeout:"):
-        cut = text.find(tail)
-        text = text if cut < 0 else text[:cut]
-    return text if len(text) <= 300 else text[:297] + "..."
+def _silence_of(document: dict[str, Any], horizon_ms: int, limit_s: float) -> JobSilence:
+    last = document.get(SERVER_LAST_EVENT)
+    # Without a server event the watchdog times the job from when it first saw it (in
+    # its own memory): nothing here can say how long that has been.
+    since = last if isinstance(last, int | float) and not isinstance(last, bool) else None
+    liveness = job_liveness(
+        document, horizon_ms, limit_s, horizon_ms if since is None else int(since)
+    )
+    return job_silence(liveness, limit_s)
 
 
 def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
@@ -474,46 +480,7 @@ def _mark(mark: EntryMark) -> str:
 
 def render_stats(stats: StreamStats) -> str:
     """A short block for people; every number in it is also in :meth:`StreamStats.to_dict`."""
-    lines: list[str] = []
-    if not stats.stream_exists:
-        lines.append(f"stream {stats.stream}: missing (nothing published yet)")
-    else:
-        lines.append(f"stream {stats.stream}: {stats.length} entries")
-        if stats.first_entry and stats.last_entry:
-            span_ms = (stats.last_entry.time - stats.first_entry.time).total_seconds() * 1000
-            lines.append(f"  first  {_mark(stats.first_entry)}")
-            lines.append(f"  last   {_mark(stats.last_entry)}")
-            lines.append(f"  replay window {_duration(span_ms)}")
-        if stats.health is not None and stats.health.too_far_ahead:
-            lines.append(_ahead_text(stats.health))
-    if not stats.group_exists:
-        lines.append(f"group {stats.group}: missing (no worker has started)")
-    else:
-        read = "unknown" if stats.entries_read is None else str(stats.entries_read)
-        lines.append(f"group {stats.group}: lag {_lag_text(stats.health)}, entries read {read}")
-        if stats.health is not None and stats.health.gone_unread:
-            lines.append(
-                f"  gone unread {stats.health.gone_unread}: added after the group's reads and "
-                "no longer in the stream (trimmed or deleted before delivery), or Redis's "
-                "read counter left stale by a failover (docs/stream-integrity.md)"
-            )
-        oldest = ""
-        if stats.oldest_pending_id is not None and stats.oldest_pending_idle_ms is not None:
-            oldest = (
-                f", oldest {stats.oldest_pending_id} idle "
-                f"{_duration(stats.oldest_pending_idle_ms)} "
-                f"({stats.oldest_pending_consumer}, {stats.oldest_pending_deliveries} deliveries"
-            )
-            if stats.oldest_pending_retry_left_s is not None:
-                left = _duration(int(stats.oldest_pending_retry_left_s * 1000))
-                oldest += f"; if its job stays unknown, dead-lettered in {left}"
-            oldest += ")"
-        lines.append(f"  pending {stats.pending}{oldest}")
-        for consumer in stats.consumers:
-            lines.append(
-                f"  consumer {consumer.name}: pending {consumer.pending}, "
-                f"idle {_duration(consumer.idle_ms)}"
-            )
+    lines = _stream_lines(stats) + _group_lines(stats)
     reasons = stats.dead_letters_by_reason
     detail = ""
     if reasons:
@@ -527,6 +494,54 @@ def render_stats(stats: StreamStats) -> str:
     if stats.jobs is not None:
         lines += render_jobs(stats.jobs)
     return "\n".join(lines)
+
+
+def _stream_lines(stats: StreamStats) -> list[str]:
+    if not stats.stream_exists:
+        return [f"stream {stats.stream}: missing (nothing published yet)"]
+    lines = [f"stream {stats.stream}: {stats.length} entries"]
+    if stats.first_entry and stats.last_entry:
+        span_ms = (stats.last_entry.time - stats.first_entry.time).total_seconds() * 1000
+        lines.append(f"  first  {_mark(stats.first_entry)}")
+        lines.append(f"  last   {_mark(stats.last_entry)}")
+        lines.append(f"  replay window {_duration(span_ms)}")
+    if stats.health is not None and stats.health.too_far_ahead:
+        lines.append(_ahead_text(stats.health))
+    return lines
+
+
+def _group_lines(stats: StreamStats) -> list[str]:
+    if not stats.group_exists:
+        return [f"group {stats.group}: missing (no worker has started)"]
+    read = "unknown" if stats.entries_read is None else str(stats.entries_read)
+    lines = [f"group {stats.group}: lag {_lag_text(stats.health)}, entries read {read}"]
+    if stats.health is not None and stats.health.gone_unread:
+        lines.append(
+            f"  gone unread {stats.health.gone_unread}: added after the group's reads and "
+            "no longer in the stream (trimmed or deleted before delivery), or Redis's "
+            "read counter left stale by a failover (docs/stream-integrity.md)"
+        )
+    lines.append(f"  pending {stats.pending}{_oldest_pending_text(stats)}")
+    for consumer in stats.consumers:
+        lines.append(
+            f"  consumer {consumer.name}: pending {consumer.pending}, "
+            f"idle {_duration(consumer.idle_ms)}"
+        )
+    return lines
+
+
+def _oldest_pending_text(stats: StreamStats) -> str:
+    if stats.oldest_pending_id is None or stats.oldest_pending_idle_ms is None:
+        return ""
+    oldest = (
+        f", oldest {stats.oldest_pending_id} idle "
+        f"{_duration(stats.oldest_pending_idle_ms)} "
+        f"({stats.oldest_pending_consumer}, {stats.oldest_pending_deliveries} deliveries"
+    )
+    if stats.oldest_pending_retry_left_s is not None:
+        left = _duration(int(stats.oldest_pending_retry_left_s * 1000))
+        oldest += f"; if its job stays unknown, dead-lettered in {left}"
+    return oldest + ")"
 
 
 def _lag_text(health: StreamHealth | None) -> str:

@@ -557,15 +557,7 @@ class MongoJobStore(JobStore):
                 writes.setdefault((str(event.job_id), group), []).append((number, index, write))
         redo_from: dict[tuple[str, Group], int] = {}
         for (job_id, group), group_writes in writes.items():
-            simulated = copy.deepcopy(as_read.get(job_id) or {})
-            states = [group_state(simulated, group)]
-            for number, _index, write in group_writes:
-                if number >= stop:
-                    break
-                apply_to(simulated, write)
-                states.append(group_state(simulated, group))
-            current = group_state(now.get(job_id), group)
-            took = max((k for k, state in enumerate(states) if state == current), default=0)
+            took = _writes_taken(as_read.get(job_id), now.get(job_id), group, group_writes, stop)
             if took < len(group_writes):
                 redo_from[(job_id, group)] = group_writes[took][1]
         refused_at = {planned[number][0]: message for number, message in refused.items()}
@@ -627,3 +619,24 @@ class NullStore(JobStore):
 
     def ping(self) -> None:
         return None
+
+
+def _writes_taken(
+    as_read: dict[str, Any] | None,
+    now: dict[str, Any] | None,
+    group: Group,
+    group_writes: Sequence[tuple[int, int, Write]],
+    stop: int,
+) -> int:
+    """How many of one part's ``(number, index, write)`` writes took effect: the longest
+    prefix (none from ``stop`` on) that, replayed on the document as read, gives the part
+    as it is ``now``; 0 when none does (another writer moved it)."""
+    simulated = copy.deepcopy(as_read or {})
+    states = [group_state(simulated, group)]
+    for number, _index, write in group_writes:
+        if number >= stop:
+            break
+        apply_to(simulated, write)
+        states.append(group_state(simulated, group))
+    current = group_state(now, group)
+    return max((k for k, state in enumerate(states) if state == current), default=0)

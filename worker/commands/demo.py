@@ -78,6 +78,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "with no dead letters (or when a service cannot be reached), 2 for bad flags. With "
         "--kill-server the FL server dies mid-run and the watchdog must finish the job.",
     )
+    _add_service_flags(parser)
+    _add_run_flags(parser)
+    parser.set_defaults(handler=handle)
+
+
+def _add_service_flags(parser: argparse.ArgumentParser) -> None:
+    """Which Redis and MongoDB the demo uses."""
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--redis-url",
@@ -102,6 +109,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         metavar=metavar("mongodb_db"),
         help="database name (default: florist-server)",
     )
+    add_settings_flags(parser, fields=("redis_cluster",))
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """How the demo runs: the job kept, the pace, the server killed."""
     parser.add_argument(
         "--keep-job",
         action="store_true",
@@ -124,8 +136,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         f"silence limit shortened to {KILL_STALE_AFTER_S:g} s for the demo. Exits 0 when it "
         "does, 1 otherwise",
     )
-    add_settings_flags(parser, fields=("redis_cluster",))
-    parser.set_defaults(handler=handle)
 
 
 @command("demo")

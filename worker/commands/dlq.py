@@ -59,8 +59,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=False)
     common = argparse.ArgumentParser(add_help=False)
     add_settings_flags(common, fields=SETTINGS)
+    for add in (_add_list, _add_show, _add_requeue, _add_drop):
+        add(actions, common).set_defaults(handler=handle)
 
-    listing = actions.add_parser(
+
+def _add_list(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    listing: argparse.ArgumentParser = actions.add_parser(
         "list",
         parents=[common],
         help="a table of dead letters, oldest first",
@@ -75,9 +81,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=DEFAULT_LIMIT,
         help=f"at most this many rows; 0 for all (default {DEFAULT_LIMIT})",
     )
-    listing.set_defaults(handler=handle)
+    return listing
 
-    show = actions.add_parser(
+
+def _add_show(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    show: argparse.ArgumentParser = actions.add_parser(
         "show",
         parents=[common],
         help="every field of one dead letter",
@@ -86,9 +96,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     show.add_argument("id", metavar="ID", help="the dead letter's entry ID")
     show.add_argument("--json", action="store_true", help="print the fields as a JSON object")
-    show.set_defaults(handler=handle)
+    return show
 
-    requeue = actions.add_parser(
+
+def _add_requeue(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    requeue: argparse.ArgumentParser = actions.add_parser(
         "requeue",
         parents=[common],
         help="put dead letters back on the events stream (origin_id kept)",
@@ -104,9 +118,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "(entries requeued by a version before the records), at that claimed first "
         "position; without it they are left in place with a warning",
     )
-    requeue.set_defaults(handler=handle)
+    return requeue
 
-    drop = actions.add_parser(
+
+def _add_drop(
+    actions: argparse._SubParsersAction[Any], common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    drop: argparse.ArgumentParser = actions.add_parser(
         "drop",
         parents=[common],
         help="delete dead letters for good",
@@ -115,7 +133,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     _add_selection(drop)
     drop.add_argument("--yes", action="store_true", help="confirm dropping by --all or --reason")
-    drop.set_defaults(handler=handle)
+    return drop
 
 
 def _add_selection(parser: argparse.ArgumentParser) -> None:

@@ -54,7 +54,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "error exits 1.",
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=False)
+    common, job, by_server = _common_flags(), _job_flag(), _server_uuid_flag()
+    _add_server_metrics(kinds, [common, job, by_server])
+    _add_client_metrics(kinds, [common, job])
+    _add_status(kinds, [common, job, by_server])
+    _add_raw(kinds, [common])
 
+
+def _common_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     add_settings_flags(common, ["redis_url", "redis_cluster", "stream"])
     common.add_argument(
@@ -63,19 +70,35 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=DEFAULT_MAXLEN,
         help=f"approximate MAXLEN of the stream, its replay window (default: {DEFAULT_MAXLEN})",
     )
+    return common
+
+
+def _job_flag() -> argparse.ArgumentParser:
     job = argparse.ArgumentParser(add_help=False)
     job.add_argument("--job", metavar="JOB_ID", help="the Job document's _id")
+    return job
+
+
+def _server_uuid_flag() -> argparse.ArgumentParser:
     by_server = argparse.ArgumentParser(add_help=False)
     by_server.add_argument(
         "--server-uuid",
         metavar="UUID",
         help="the FL server's uuid (Job.server_uuid): names the job instead of, or with, --job",
     )
+    return by_server
 
+
+# Each kind's aliases are the event's type, as the stream and the contract name it.
+
+
+def _add_server_metrics(
+    kinds: argparse._SubParsersAction[Any], parents: list[argparse.ArgumentParser]
+) -> None:
     server = kinds.add_parser(
         "server-metrics",
-        aliases=["server.metrics"],  # the event's type as the stream and the contract name it
-        parents=[common, job, by_server],
+        aliases=["server.metrics"],
+        parents=parents,
         help="the FL server's whole metrics snapshot",
         description="Publish a server.metrics event: the FL server's whole current metrics "
         "snapshot. A snapshot with a top-level fit_end finishes the job.",
@@ -83,10 +106,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     server.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
     server.set_defaults(handler=handle)
 
+
+def _add_client_metrics(
+    kinds: argparse._SubParsersAction[Any], parents: list[argparse.ArgumentParser]
+) -> None:
     client = kinds.add_parser(
         "client-metrics",
-        aliases=["client.metrics"],  # the event's type as the stream and the contract name it
-        parents=[common, job],
+        aliases=["client.metrics"],
+        parents=parents,
         help="one FL client's whole metrics snapshot",
         description="Publish a client.metrics event: one FL client's whole current metrics "
         "snapshot, for the clients_info element whose uuid is --client-uuid (which names "
@@ -96,10 +123,14 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     client.add_argument("--metrics", required=True, help="JSON object, or - for stdin")
     client.set_defaults(handler=handle)
 
+
+def _add_status(
+    kinds: argparse._SubParsersAction[Any], parents: list[argparse.ArgumentParser]
+) -> None:
     status = kinds.add_parser(
         "status",
-        aliases=["job.status"],  # the event's type as the stream and the contract name it
-        parents=[common, job, by_server],
+        aliases=["job.status"],
+        parents=parents,
         help="a change of the job status",
         description="Publish a job.status event. NOT_STARTED -> IN_PROGRESS -> FINISHED_*; "
         "the first finish wins.",
@@ -108,9 +139,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     status.add_argument("--error-message", help="why the job finished with an error")
     status.set_defaults(handler=handle)
 
+
+def _add_raw(
+    kinds: argparse._SubParsersAction[Any], parents: list[argparse.ArgumentParser]
+) -> None:
     raw = kinds.add_parser(
         "raw",
-        parents=[common],
+        parents=parents,
         help="a field map written as given, without validation",
         description="Write a field map to the events stream as given, without validation "
         "(for testing the dead-letter path).",
