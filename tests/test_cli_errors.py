@@ -4,6 +4,9 @@ on stderr, and never with a traceback unless --debug (or FLORIST_LOG_LEVEL=debug
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import re
 import socket
@@ -14,10 +17,13 @@ from pathlib import Path
 
 import pytest
 import redis
+from hypothesis import given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from tests.redis_server import free_port
 from worker import deadletter
-from worker.cli import COMMANDS, main
+from worker.cli import COMMANDS, build_parser, main
 from worker.commands import demo as demo_command
 from worker.commands import replay as replay_command
 from worker.commands import run as run_command
@@ -522,3 +528,67 @@ def test_replay_takes_bounds_within_one_millisecond(
     code, out, _err = run_main([*argv, "--redis-url", redis_url], capsys)
     assert code == 0
     assert out.startswith("read 0 entries")
+
+
+# -- a mistyped flag: the nearest flag of that command is suggested ------------------------
+
+
+def _flag_lines() -> list[tuple[list[str], str]]:
+    """(the command words, one of its long flags) for every command and sub-command."""
+    found: list[tuple[list[str], str]] = []
+
+    def walk(parser: argparse.ArgumentParser, words: list[str]) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, [*words, name])
+            else:
+                flags = [o for o in action.option_strings if o.startswith("--") and len(o) > 5]
+                found.extend((words, flag) for flag in flags if flag != "--help")
+
+    walk(build_parser(), [])
+    return [(words, flag) for words, flag in found if words]
+
+
+FLAG_LINES = _flag_lines()
+
+
+@examples(max_examples=300 * int(os.environ.get("FLORIST_FUZZ_SCALE", "1")), deadline=None)
+@given(data=st.data())
+def test_a_mistyped_flag_names_the_flag_it_was_close_to(data: st.DataObject) -> None:
+    """Any flag of any command with one letter dropped, doubled or swapped: one error line,
+    exit 2, suggesting a real flag of that command."""
+    words, flag = data.draw(st.sampled_from(FLAG_LINES))
+    at = data.draw(st.integers(3, len(flag) - 2))
+    kind = data.draw(st.sampled_from(["drop", "double", "swap"]))
+    typo = {
+        "drop": flag[:at] + flag[at + 1 :],
+        "double": flag[:at] + flag[at] + flag[at:],
+        "swap": flag[:at] + flag[at + 1] + flag[at] + flag[at + 2 :],
+    }[kind]
+    if typo == flag:
+        return
+    command = build_parser()
+    for word in words:
+        command = next(
+            a for a in command._actions if isinstance(a, argparse._SubParsersAction)
+        ).choices[word]
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), pytest.raises(SystemExit) as exited:
+        build_parser().parse_args([*words, *_required(command), typo])
+    assert exited.value.code == 2
+    last = stderr.getvalue().splitlines()[-1]
+    match = re.search(r"\(did you mean (--[a-z0-9-]+)\?\)$", last)
+    assert match is not None, last
+    assert match.group(1) in command._option_string_actions, last  # one of its own flags
+
+
+def _required(command: argparse.ArgumentParser) -> list[str]:
+    """Values for the command's required arguments (argparse reports them missing first)."""
+    words: list[str] = []
+    for action in command._actions:
+        if not action.required or isinstance(action, argparse._SubParsersAction):
+            continue
+        value = str(next(iter(action.choices))) if action.choices else "1-0"
+        words += [action.option_strings[0], value] if action.option_strings else [value]
+    return words

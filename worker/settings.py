@@ -11,7 +11,7 @@ import os
 import secrets
 import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal, Self, get_args
 from urllib.parse import urlsplit, urlunsplit
@@ -250,6 +250,13 @@ def check_url(url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"bad port in {redact_url(url)}: expected a number 0-65535") from None
 
 
+def closest(name: str, known: Iterable[str]) -> str | None:
+    """The known name a typo most likely meant (an environment variable, a flag), if any
+    is close enough."""
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     """One warning per ``FLORIST_*`` variable that is no setting (a typo, most likely),
     with the nearest setting's variable when one is close."""
@@ -262,8 +269,8 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
             continue
         if upper.startswith(OTHER_VARIABLE_PREFIXES):
             continue
-        close = difflib.get_close_matches(upper, sorted(known), n=1, cutoff=0.75)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = closest(upper, known)
+        hint = f" (did you mean {close}?)" if close else ""
         warnings.append(f"ignoring unknown environment variable {name}{hint}")
     return warnings
 

@@ -34,6 +34,7 @@ from worker.settings import (
     LOG_LEVELS,
     InvalidSetting,
     Settings,
+    closest,
     env_name,
     redact_url,
     unknown_variables,
@@ -223,12 +224,22 @@ class Parser(argparse.ArgumentParser):
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{command_prog(self.prog)}: error: {one_line(message)}\n")
 
+    def _hint(self, extras: Sequence[str]) -> str:
+        """``(did you mean --batch-size?)`` for the first unknown flag close to one of
+        this command's flags."""
+        flags = [option for option in self._option_string_actions if option.startswith("--")]
+        for extra in extras:
+            close = closest(extra.split("=", 1)[0], flags) if extra.startswith("--") else None
+            if close is not None:
+                return f" (did you mean {close}?)"
+        return ""
+
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         parsed, extras = super().parse_known_args(args, namespace)
         if extras:
-            self.error(f"unrecognized arguments: {' '.join(extras)}")
+            self.error(f"unrecognized arguments: {' '.join(extras)}{self._hint(extras)}")
         for action in self._actions:
             missing = getattr(parsed, action.dest, None) is None
             if isinstance(action, argparse._SubParsersAction) and missing:
