@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Final
 
 import redis
+from florist_events.urls import describe_error
 from redis.exceptions import (
     AskError,
     AuthenticationError,
@@ -192,9 +193,9 @@ def is_group_missing(error: BaseException) -> bool:
 
 
 def describe(error: BaseException) -> str:
-    """One line for logs and messages: the type and Redis's message."""
-    message = " ".join(str(error).split())
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+    """One line for logs and messages: the type and Redis's message (the producer's rule,
+    :func:`florist_events.urls.describe_error`)."""
+    return describe_error(error)
 
 
 def command_line(error: BaseException, where: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from florist_events import EventPublisher, StreamMetricsReporter
-from florist_events.urls import parse_sentinel_url
+from florist_events.urls import describe_error, parse_sentinel_url, sentinel_client
 
 # Nothing listens on port 1 of loopback: a sentinel that is not there.
 NOWHERE = "redis+sentinel://127.0.0.1:1,127.0.0.1:2/svc/0"
@@ -81,3 +81,20 @@ def test_the_reporter_takes_a_url_in_place_of_host_and_port():
         StreamMetricsReporter(url=NOWHERE, password="p")
     with pytest.raises(ValueError, match="sentinel_password goes with"):
         StreamMetricsReporter(host="h", port=6379, sentinel_password="p")
+
+
+def test_an_error_is_described_on_one_short_line_without_redis_py_object_reprs() -> None:
+    """A Sentinel that answers nothing raises MasterNotFoundError whose message ends with the
+    repr of a redis-py client (about 1,300 characters of connection settings): logs and
+    messages keep the type and Redis's words only."""
+    client = sentinel_client("redis+sentinel://127.0.0.1:1/svc/0", socket_timeout=0.2)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        assert "<redis." in str(error)  # what redis-py puts in the message
+        described = describe_error(error)
+    else:
+        raise AssertionError("a Sentinel on a closed port answered")
+    assert described == "MasterNotFoundError: No master found for 'svc'"
+    assert describe_error(ValueError("two\n  lines")) == "ValueError: two lines"
+    assert describe_error(RuntimeError()) == "RuntimeError"

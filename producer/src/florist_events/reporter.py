@@ -21,6 +21,7 @@ from typing import Any, Final, Literal
 
 from florist_events.jsontext import dumps_compatible, dumps_strict, jsonable, key_text
 from florist_events.publisher import DEFAULT_PUBLISH_TIMEOUT_S, EventPublisher
+from florist_events.urls import describe_error
 from florist_events.wire import (
     DEFAULT_MAXLEN,
     InvalidEvent,
@@ -476,7 +477,7 @@ class StreamMetricsReporter:
             _log(
                 logging.WARNING,
                 "metrics_publish_failed",
-                error=f"{type(error).__name__}: {error}",
+                error=describe_error(error),
                 failures=self._failures,
                 retry_in_s=delay,
             )
@@ -553,7 +554,7 @@ class StreamMetricsReporter:
             _log(
                 logging.WARNING,
                 "heartbeat_publish_failed",
-                error=f"{type(error).__name__}: {error}",
+                error=describe_error(error),
             )
             self._last_publish = time.monotonic()  # the next attempt one interval later
             return interval

@@ -36,6 +36,7 @@ __all__ = [
     "SENTINEL_SCHEMES",
     "SentinelURL",
     "client_from_url",
+    "describe_error",
     "is_sentinel_url",
     "parse_sentinel_url",
     "sentinel_client",
@@ -139,3 +140,17 @@ def client_from_url(
     if is_sentinel_url(url):
         return sentinel_client(url, sentinel_password=sentinel_password, **options)
     return redis.Redis.from_url(url, **options)
+
+
+# Where redis-py appends the repr of a client or pool to a message (a Sentinel's "No master
+# found for 'svc' : <redis.client.Redis(<redis.connection.ConnectionPool(...)>)>", about
+# 1,300 characters of connection settings): nothing an operator needs, cut.
+_OBJECT_REPR: Final = " : <redis."
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for logs and messages: the exception's type and its message, on one line,
+    without the repr of a redis-py object some messages end with."""
+    message = " ".join(str(error).split())
+    message = message.split(_OBJECT_REPR, 1)[0]
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
