@@ -655,7 +655,9 @@ def test_replay_against_an_unreachable_redis_fails_as_fast_as_stats() -> None:
 
     assert replayed.returncode == stats.returncode == 1
     last = replayed.stderr.splitlines()[-1]
-    assert last.startswith(f"florist-worker replay: error: Redis {closed}: "), replayed.stderr
+    assert last.startswith(f"florist-worker replay: error: Redis {closed} did not answer: "), (
+        replayed.stderr
+    )
     assert "resume with" not in last  # nothing was replayed: there is nothing to resume
     # Not the 60 s of --outage-timeout: the same client failing the same way as stats.
     assert replay_s < stats_s + 5, (replay_s, stats_s)

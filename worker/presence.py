@@ -37,6 +37,7 @@ import redis
 import structlog
 
 from worker.errors import Misconfigured
+from worker.redis_failures import classify
 from worker.retrying import Backoff, Outage, Retrying
 from worker.settings import Settings
 
@@ -137,7 +138,9 @@ class Presence:
             return
         try:
             self.release()
-        except redis.RedisError as error:
+        except Exception as error:
+            if classify(error) is None:
+                raise
             log.warning(
                 "consumer name not released: it expires after heartbeat_ttl_s",
                 consumer=self.consumer,
@@ -148,7 +151,9 @@ class Presence:
         while not self._stopping.wait(self.interval_s):
             try:
                 held = self.renew()
-            except redis.RedisError as error:  # the consume loop reports outages and refusals
+            except Exception as error:
+                if classify(error) is None:
+                    raise
                 log.debug("consumer name not renewed", consumer=self.consumer, error=str(error))
                 continue
             if not held:

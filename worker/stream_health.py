@@ -39,6 +39,7 @@ import structlog
 
 from worker.cluster import is_cluster
 from worker.positions import StreamPosition
+from worker.redis_failures import RedisFailure, classify, is_group_missing
 from worker.watchdog import redis_now_ms
 
 log = structlog.get_logger(__name__)
@@ -60,11 +61,6 @@ def _int_or_none(value: Any) -> int | None:
 def _get(reply: Mapping[Any, Any], name: str) -> Any:
     """A field of an XINFO reply: keyed by text, or by bytes (a Cluster's transaction)."""
     return reply.get(name, reply.get(name.encode()))
-
-
-def _is_missing_key(error: redis.ResponseError) -> bool:
-    message = str(error)
-    return "no such key" in message or message.startswith("NOGROUP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +103,7 @@ def check_stream(
     try:
         reading = _read(client, stream, group)
     except redis.ResponseError as error:
-        if _is_missing_key(error):
+        if is_group_missing(error):
             return StreamHealth(ahead_limit_s=max_ahead_s)
         raise
     last_id = _text(_get(reading.stream, "last-generated-id"))
@@ -189,7 +185,7 @@ def _backlog(reading: _Reading) -> _Backlog:
     redis_lag = _int_or_none(_get(group, "lag"))
     if not length or first is None or StreamPosition.parse(first[0]) > delivered:
         lag, exact = length, True  # every entry left is after the group's position
-    elif _known_without_count(info, delivered):
+    elif delivered >= StreamPosition.parse(_text(_get(info, "last-generated-id"))):
         lag, exact = 0, True  # the group is at the last generated ID
     else:
         counted = sum(1 for entry in reading.after if StreamPosition.parse(entry[0]) > delivered)
@@ -215,7 +211,9 @@ def server_identity(client: redis.Redis, stream: str) -> str | None:
             reply: Any = cluster.info("server", "replication", target_nodes=node)
         else:
             reply = client.info("server", "replication")
-    except redis.ResponseError:
+    except redis.ResponseError as error:
+        if classify(error) is not RedisFailure.REFUSAL:
+            raise  # an outage (MASTERDOWN, BUSY, ...) is the caller's to wait out
         return None
     return f"{reply.get('run_id', '?')}/{reply.get('master_replid', '?')}"
 

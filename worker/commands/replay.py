@@ -29,6 +29,7 @@ from worker.commands.options import (
 from worker.connections import connect_database, connect_redis
 from worker.outcomes import Outcome
 from worker.progress import progress_bar
+from worker.redis_failures import command_line
 from worker.replay import (
     DEFAULT_OUTAGE_TIMEOUT_S,
     PAGE_SIZE,
@@ -150,7 +151,7 @@ def handle(arguments: argparse.Namespace) -> int:
         print(summary(error.report, arguments.dry_run), flush=True)  # what was done
         raise Failure(str(error)) from None
     except (redis.RedisError, OSError) as error:
-        raise Failure(f"Redis {redact_url(settings.redis_url)}: {error}") from None
+        raise Failure(command_line(error, redact_url(settings.redis_url))) from None
     finally:
         client.close()
     print(summary(report, arguments.dry_run, seconds=time.monotonic() - began))

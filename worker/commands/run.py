@@ -32,7 +32,9 @@ from typing import Any, Final
 import redis
 import structlog
 from pymongo.database import Database
+from pymongo.errors import PyMongoError
 
+from worker import mongo_failures, redis_failures
 from worker.commands.options import (
     EXIT_OK,
     Failure,
@@ -255,6 +257,8 @@ def _problem(check: Callable[[], None]) -> str | None:
         check()
     except StoreUnavailable as error:
         return str(error)
+    except PyMongoError as error:
+        return mongo_failures.describe(error)
     except Exception as error:  # noqa: BLE001 (any failure of a check means "unreachable")
-        return f"{type(error).__name__}: {error}"
+        return redis_failures.describe(error)
     return None
