@@ -242,12 +242,12 @@ def test_valid_entries_take_the_fast_path_and_agree(fields):
     assert to_fields(parse_entry(to_fields(event))) == to_fields(event)
 
 
-def _fast_arguments(raw: dict[bytes, bytes]) -> tuple[str, dict[str, Any], Any, str | None]:
+def _fast_arguments(raw: dict[bytes, bytes]) -> tuple[str, dict[str, Any], str | None]:
     decoded = {key.decode(): value.decode() for key, value in raw.items()}
     stored = None
     if decoded["type"] in events.METRICS_TYPES:
         decoded["metrics"], stored = events.parse_metrics_text(decoded["metrics"], 64)
-    return decoded["type"], decoded, decoded.get("metrics"), stored
+    return decoded["type"], decoded, stored
 
 
 UNREQUEUED = [fields for fields in BASES if "origin_id" not in fields]

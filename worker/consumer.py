@@ -428,6 +428,8 @@ class Worker:
                     if len(self._announced) >= 100_000:
                         self._announced.clear()  # bounded: at worst a line is repeated
                     self._announced.add(item.entry.id)
+                elif not per_entry:
+                    continue  # its line would be dropped: build nothing for it
                 (batch_log.info if first_time else batch_log.debug)(
                     "entry kept pending for a retry",
                     id=item.entry.id,

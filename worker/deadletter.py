@@ -92,7 +92,7 @@ class DeadLetterEntry:
         fields = self.original_fields()
         origin = self.claimed_origin if vouch_claimed_origin else None
         fields[b"origin_id"] = (origin or self.origin_id or self.id).encode()
-        fields[b"requeue_token"] = token.encode()
+        fields[requeues.TOKEN_FIELD] = token.encode()
         return fields
 
     @property

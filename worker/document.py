@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from worker.outcomes import Outcome
-
 SERVER_POSITION: Final = "server_metrics_position"
 STATUS_POSITION: Final = "status_position"
 CLIENT_POSITION: Final = "metrics_position"
@@ -44,7 +42,6 @@ class Write:
 
     filter: dict[str, Any]
     update: dict[str, Any]
-    outcome: Outcome = Outcome.APPLIED
     array_filters: list[dict[str, Any]] | None = None
 
 
@@ -72,7 +69,7 @@ def _max_into(container: dict[str, Any], field: str, value: Any) -> None:
 
 def apply_to(document: dict[str, Any], write: Write) -> None:
     """Apply ``write`` to an in-memory (projected) copy of its document, as MongoDB would.
-    Knows the shapes :mod:`worker.effects` builds: top-level ``$set``/``$unset``/``$max``,
+    Knows the shapes :mod:`worker.effects` builds: top-level ``$set``/``$max``,
     and ``clients_info.$[client].<field>`` with the one array filter on ``client.uuid``."""
     uuid = (write.array_filters or [{}])[0].get("client.uuid")
     for operator in ("$set", "$max"):
@@ -87,8 +84,6 @@ def apply_to(document: dict[str, Any], write: Write) -> None:
                     target[field] = value
                 else:
                     _max_into(target, field, value)
-    for path in write.update.get("$unset", {}):
-        document.pop(path, None)
 
 
 def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...] | None:
@@ -100,9 +95,7 @@ def group_state(document: dict[str, Any] | None, group: Group) -> tuple[Any, ...
         return (document.get(SERVER_POSITION), document.get(SERVER_LAST_EVENT))
     if group[0] == "status":
         return (document.get("status"), document.get(STATUS_POSITION))
-    clients = document.get("clients_info")
     return tuple(
         (member.get(CLIENT_POSITION), member.get(CLIENT_LAST_EVENT))
-        for member in (clients if isinstance(clients, list) else [])
-        if isinstance(member, dict) and member.get("uuid") == group[1]
+        for member in matching_clients(document, group[1])
     )

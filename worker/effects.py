@@ -73,27 +73,17 @@ def _finish_may_apply(key: str) -> dict[str, Any]:
     return {"$or": [{"status": {"$in": list(RUNNING)}}, {STATUS_POSITION: {"$gt": key}}]}
 
 
-def _finish_fields(
-    status: JobStatus, key: str, error_message: str | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    to_set: dict[str, Any] = {"status": status.value, STATUS_POSITION: key}
-    to_unset: dict[str, Any] = {}
+def _finish_fields(status: JobStatus, key: str, error_message: str | None) -> dict[str, Any]:
     # FLorist writes error_message as null (Job.create): a finish without a message keeps
     # that shape, and clears one a later finish had written.
-    to_set["error_message"] = error_message if status is JobStatus.FINISHED_WITH_ERROR else None
-    return to_set, to_unset
+    message = error_message if status is JobStatus.FINISHED_WITH_ERROR else None
+    return {"status": status.value, STATUS_POSITION: key, "error_message": message}
 
 
-def _update(
-    to_set: dict[str, Any],
-    to_unset: dict[str, Any] | None = None,
-    to_max: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def _update(to_set: dict[str, Any], to_max: dict[str, Any] | None = None) -> dict[str, Any]:
     update: dict[str, Any] = {}
     if to_set:
         update["$set"] = to_set
-    if to_unset:
-        update["$unset"] = to_unset
     if to_max:
         update["$max"] = to_max
     return update
@@ -162,12 +152,10 @@ def first_write(event: Event, position: StreamPosition) -> Write | None:
             SERVER_POSITION: key,
         }
         guard: dict[str, Any] = {"_id": event.job_id, SERVER_POSITION: _not_at_or_after(key)}
-        to_unset: dict[str, Any] = {}
         if event.finishes_job:
-            finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
-            to_set.update(finish_set)
+            to_set.update(_finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None))
             guard.update(_finish_may_apply(key))
-        return Write(guard, _update(to_set, to_unset, {SERVER_LAST_EVENT: ms}))
+        return Write(guard, _update(to_set, {SERVER_LAST_EVENT: ms}))
     if isinstance(event, ClientMetricsEvent):
         return _client_write(event, key, ms)
     if isinstance(event, HeartbeatEvent):
@@ -178,8 +166,8 @@ def first_write(event: Event, position: StreamPosition) -> Write | None:
             _update({"status": JobStatus.IN_PROGRESS.value}),
         )
     if event.status.value in FINISHED:
-        to_set, to_unset = _finish_fields(event.status, key, event.error_message)
-        return Write({"_id": event.job_id, **_finish_may_apply(key)}, _update(to_set, to_unset))
+        to_set = _finish_fields(event.status, key, event.error_message)
+        return Write({"_id": event.job_id, **_finish_may_apply(key)}, _update(to_set))
     return None  # NOT_STARTED never changes a document: only a read can classify it.
 
 
@@ -208,16 +196,14 @@ def _after_miss_server(
     if not metrics_apply and not finish_applies:
         return Outcome.DUPLICATE
     to_set: dict[str, Any] = {}
-    to_unset: dict[str, Any] = {}
     to_max: dict[str, Any] = {}
     if metrics_apply:
         to_set.update({"server_metrics": event.metrics_text, SERVER_POSITION: key})
         to_max[SERVER_LAST_EVENT] = ms
     if finish_applies:
-        finish_set, to_unset = _finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None)
-        to_set.update(finish_set)
+        to_set.update(_finish_fields(JobStatus.FINISHED_SUCCESSFULLY, key, None))
     guard = _pinned(document, SERVER_POSITION, "status", STATUS_POSITION)
-    return Write(guard, _update(to_set, to_unset, to_max))
+    return Write(guard, _update(to_set, to_max))
 
 
 def _after_miss_client(
@@ -262,8 +248,8 @@ def _after_miss_status(
             )
         return Outcome.REJECTED_TRANSITION
     if _finish_wins_over(document, key):
-        to_set, to_unset = _finish_fields(event.status, key, event.error_message)
-        return Write(_pinned(document, "status", STATUS_POSITION), _update(to_set, to_unset))
+        to_set = _finish_fields(event.status, key, event.error_message)
+        return Write(_pinned(document, "status", STATUS_POSITION), _update(to_set))
     if status == event.status.value or document.get(STATUS_POSITION) == key:
         return Outcome.DUPLICATE
     return Outcome.REJECTED_TRANSITION

@@ -415,10 +415,8 @@ def _origin_ok(origin_id: str) -> bool:
     return True
 
 
-def _fast_event(
-    event_type: str, decoded: dict[str, str], metrics: Any, stored_text: str | None
-) -> Event | None:
-    """The event, if ``decoded`` (every value an exact ``str``, ``metrics`` parsed) is
+def _fast_event(event_type: str, decoded: dict[str, Any], stored_text: str | None) -> Event | None:
+    """The event, if ``decoded`` (every value an exact ``str``, its ``metrics`` parsed) is
     surely valid; ``None`` when pydantic must decide (and word the error, if any).
 
     The instance is built as pydantic's validation leaves it, the way ``model_construct``
@@ -438,8 +436,6 @@ def _fast_event(
     values: dict[str, Any] = {name: get(name) for name in _FIELD_ORDER[model]}
     if model is JobStatusEvent:
         values["status"] = _STATUSES[decoded["status"]]
-    elif rule.metrics:
-        values["metrics"] = metrics
     event: Event = _new(model)
     _set_dict(event, values)
     _set_fields_set(event, _MODEL_FIELDS[model].intersection(decoded))
@@ -498,7 +494,7 @@ def parse_entry(fields: FieldMap, limits: Limits | None = None) -> Event:
         except ValueError as error:
             raise InvalidEntry("invalid", str(error)) from None
     if all_text:
-        fast = _fast_event(event_type, decoded, decoded.get("metrics"), stored_text)
+        fast = _fast_event(event_type, decoded, stored_text)
         if fast is not None:
             return fast
     try:

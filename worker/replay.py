@@ -33,22 +33,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 import redis
 import structlog
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
 
 from worker import requeues
 from worker.batch import Planned, plan_entry
 from worker.decision import Ledger, decide
-from worker.events import Event, Limits
+from worker.events import Limits
 from worker.outcomes import Outcome
 from worker.positions import InvalidStreamId, StreamPosition
 from worker.retrying import Backoff, Outage, OutOfPatience, Retrying
 from worker.settings import Settings
-from worker.store import JobStore, MongoJobStore, raise_classified
+from worker.store import JobStore, MongoJobStore
 from worker.stream import Entry
 
 log = structlog.get_logger(__name__)
@@ -166,20 +165,12 @@ def _job_of(fields: dict[Any, Any]) -> str | None:
     return raw if isinstance(raw, str) else None
 
 
-class JobResolver(Protocol):
-    """Finds the job an event names by uuid (as the worker's store does)."""
-
-    def resolve(self, event: Event) -> str | None:
-        """The ``_id`` of the event's job; ``None`` while no job holds its uuid."""
-        ...
-
-
 @dataclass(frozen=True)
 class OneJob:
     """``--job``: the one job to replay, and how to tell the entries that name it."""
 
     job_id: str
-    resolver: JobResolver
+    store: MongoJobStore  # resolves uuids as the worker does
 
     def names(self, item: Planned, fields: dict[Any, Any]) -> bool:
         """The entry names this job: by ``job_id``, or by a uuid the job holds. Can
@@ -187,11 +178,7 @@ class OneJob:
         event = item.event
         if event is None or event.job_id is not None:
             return _job_of(fields) == self.job_id
-        try:
-            return self.resolver.resolve(event) == self.job_id
-        except PyMongoError as error:
-            raise_classified(error)
-            raise  # unreachable: raise_classified always raises
+        return self.store.resolve(event) == self.job_id
 
 
 def _outage_began(outage: Outage) -> None:
@@ -249,6 +236,10 @@ class _Replay:
         guards), minus coalescing and dead letters; an outage retries the page whole."""
         planned = []
         for entry_id, fields in page:
+            named = _job_of(fields)
+            if self.job is not None and named is not None and named != self.job.job_id:
+                self.report.skipped += 1  # another job's, by its job_id: no need to parse it
+                continue
             item = plan_entry(Entry(entry_id, fields), self.limits, records)
             if self.job is None or self.patience.call(
                 partial(self.job.names, item, fields), page[0][0], self.report
@@ -287,7 +278,6 @@ def run_replay(
     *,
     dry_run: bool = False,
     job_id: str | None = None,
-    resolver: JobResolver | None = None,
     progress: Callable[[int], None] | None = None,
     page_size: int = PAGE_SIZE,
     outage_timeout_s: float = DEFAULT_OUTAGE_TIMEOUT_S,
@@ -296,16 +286,16 @@ def run_replay(
     """Replay ``[start, end]`` of ``settings.stream`` into ``store``; the full report.
 
     Pages of ``page_size`` entries, each page continuing after the last ID seen
-    (``(<id>`` is exclusive). ``job_id`` replays one job; ``resolver`` finds the job of
-    an entry named by uuid (default: ``store``, which must then be a
-    :class:`MongoJobStore`). Raises :class:`InvalidBound` for a bad bound and
-    :class:`ReplayInterrupted` when an outage outlasts ``outage_timeout_s``.
+    (``(<id>`` is exclusive). ``job_id`` replays one job (``store`` must then be a
+    :class:`MongoJobStore`, which finds the job of an entry named by uuid). Raises
+    :class:`InvalidBound` for a bad bound and :class:`ReplayInterrupted` when an outage
+    outlasts ``outage_timeout_s``.
     """
     if page_size < 1:
         raise ValueError(f"page_size must be at least 1, got {page_size}")
     start, end = parse_bound(start), parse_bound(end)
     patience = _Patience(settings, outage_timeout_s, sleep)
-    run = _Replay(store, settings.limits, dry_run, _one_job(store, job_id, resolver), patience)
+    run = _Replay(store, settings.limits, dry_run, _one_job(store, job_id), patience)
     cursor = start
     while True:
         last = run.report.last_id
@@ -330,14 +320,12 @@ def run_replay(
         cursor = "(" + _text(raw[-1][0])
 
 
-def _one_job(store: JobStore, job_id: str | None, resolver: JobResolver | None) -> OneJob | None:
+def _one_job(store: JobStore, job_id: str | None) -> OneJob | None:
     if job_id is None:
         return None
-    if resolver is None:
-        if not isinstance(store, MongoJobStore):
-            raise ValueError("replaying one job needs a resolver of uuids, or a MongoJobStore")
-        resolver = store
-    return OneJob(job_id, resolver)
+    if not isinstance(store, MongoJobStore):
+        raise ValueError("replaying one job resolves uuids in MongoDB: it needs a MongoJobStore")
+    return OneJob(job_id, store)
 
 
 def replay(

@@ -57,14 +57,15 @@ def tokens_to_check(entries: Iterable[Mapping[bytes, bytes] | None]) -> list[str
     tokens: set[str] = set()
     for fields in entries:
         if fields and b"origin_id" in fields:
-            token = fields.get(b"requeue_token")
+            token = fields.get(TOKEN_FIELD)
             if token:
                 tokens.add(token.decode("utf-8", "replace"))
     return sorted(tokens)
 
 
 def read_records(client: redis.Redis, stream: str, tokens: list[str]) -> dict[str, str]:
-    """``{token: origin_id}`` for the tokens that have a record (one HMGET)."""
+    """``{token: record}`` for the tokens that have a record (one HMGET); a record is
+    ``"<origin_id> sha256:<digest>"`` (:func:`vouched_origin` reads it)."""
     if not tokens:
         return {}
     values: Any = client.hmget(records_key(stream), tokens)

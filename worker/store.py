@@ -23,7 +23,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, NoReturn
 
 import bson
 import redis
@@ -108,7 +108,7 @@ class UnencodableEntry(Exception):
     """The update built from this entry cannot be encoded as BSON: the entry is invalid."""
 
 
-def raise_classified(error: BaseException) -> None:
+def raise_classified(error: BaseException) -> NoReturn:
     """Re-raise a pymongo/bson failure as what the consume loop acts on."""
     failure = classify(error)
     if failure is None:
@@ -165,7 +165,7 @@ class JobStore(ABC):
             try:
                 decided.append(self.decide_one(event, position, dry_run=dry_run))
             except StoreUnavailable as outage:
-                outage.decided = outage.decided or decided
+                outage.decided = decided
                 raise
         return decided
 
@@ -225,7 +225,8 @@ class MongoJobStore(JobStore):
 
     def resolve(self, event: Event) -> str | None:
         """The ``_id`` of the event's job: its ``job_id``, or the job whose server (or
-        client) has the event's uuid; ``None`` while no job has it (yet)."""
+        client) has the event's uuid; ``None`` while no job has it (yet). MongoDB's
+        failures are raised as classified (:func:`raise_classified`)."""
         kind, name = event.identity
         if kind == "job_id":
             return name
@@ -235,7 +236,10 @@ class MongoJobStore(JobStore):
         query = {"server_uuid": name} if kind == "server_uuid" else {"clients_info.uuid": name}
         self.round_trips += 1
         # A uuid should name one job; if two share it, the smallest _id wins, in both paths.
-        document = self.collection.find_one(query, {"_id": 1}, sort=[("_id", 1)])
+        try:
+            document = self.collection.find_one(query, {"_id": 1}, sort=[("_id", 1)])
+        except PyMongoError as error:
+            raise_classified(error)  # StoreUnavailable, ... as every caller acts on it
         if document is None:
             return None
         return self._remember(kind, name, str(document["_id"]))
@@ -302,7 +306,6 @@ class MongoJobStore(JobStore):
             return self._apply(event, position, dry_run)
         except (PyMongoError, *ENCODING_ERRORS) as error:
             raise_classified(error)
-            raise  # unreachable: raise_classified always raises
 
     def _apply(self, event: Event, position: StreamPosition, dry_run: bool) -> Outcome:
         if event.job_id is None:
@@ -320,14 +323,14 @@ class MongoJobStore(JobStore):
                 )
                 if result.matched_count:
                     assert_updated_successfully(result)
-                    return write.outcome
+                    return Outcome.APPLIED
             self.round_trips += 1
             document = self.collection.find_one({"_id": event.job_id}, CLASSIFY_PROJECTION)
             decision = effects.after_miss(event, position, document)
             if isinstance(decision, Outcome):
                 return decision
             if dry_run:
-                return decision.outcome
+                return Outcome.APPLIED
             if decision == write and document == seen:
                 # The same guard against the same document cannot match this time either:
                 # the stored fields are not what the worker writes (a position of another
@@ -468,7 +471,7 @@ class MongoJobStore(JobStore):
                 continue
             assert job is not None  # after_miss decides UNKNOWN_JOB for a missing job
             apply_to(job, decision)
-            played.results.append(Decision(decision.outcome))
+            played.results.append(Decision(Outcome.APPLIED))
             played.writes.append((index, resolved, position, decision))
         return played
 

@@ -212,9 +212,9 @@ def server_identity(client: redis.Redis, stream: str) -> str | None:
         else:
             reply = client.info("server", "replication")
     except redis.ResponseError as error:
-        if classify(error) is not RedisFailure.REFUSAL:
-            raise  # an outage (MASTERDOWN, BUSY, ...) is the caller's to wait out
-        return None
+        if classify(error) is RedisFailure.OUTAGE:
+            raise  # MASTERDOWN, BUSY, ...: the caller's to wait out
+        return None  # INFO refused or renamed away
     return f"{reply.get('run_id', '?')}/{reply.get('master_replid', '?')}"
 
 
