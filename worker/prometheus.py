@@ -87,9 +87,9 @@ class StreamCollector:
     """Gauges computed at scrape time from a (cached) stats snapshot, and the entries
     lost that ``losses`` counted from those snapshots."""
 
-    def __init__(self, stats: CachedStats, losses: LossWatch | None = None) -> None:
+    def __init__(self, stats: CachedStats, losses: LossWatch) -> None:
         self.stats = stats
-        self.losses = losses or LossWatch()
+        self.losses = losses
 
     def describe(self) -> Iterable[Metric]:
         """Names only, so registering never touches Redis."""
@@ -271,7 +271,7 @@ class PrometheusObserver(BatchObserver):
         self, redis_client: redis.Redis, settings: Settings, cache_s: float = STATS_CACHE_S
     ) -> None:
         """Add the scrape-time gauges (lag, pending, dead letters, ...) for this stream."""
-        losses = LossWatch()
+        losses = LossWatch(announce=False)  # the worker's summary says it in the log
 
         def fetch() -> StreamStats:
             stats = collect_stats(redis_client, settings, count_reasons=False)

@@ -228,7 +228,8 @@ class LossWatch:
     reported (once per server) as what it is, not counted. Not thread-safe: one per caller.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, announce: bool = True) -> None:
+        self.announce = announce  # log a server's first figure (once per process suffices)
         self.lost_total = 0
         self._server: str | None = None
         self._gone: int | None = None
@@ -240,7 +241,7 @@ class LossWatch:
             return 0
         if health.server != self._server or self._gone is None:
             self._server, self._gone = health.server, gone
-            if gone:
+            if gone and self.announce:
                 log.warning(
                     "Redis's lag counts entries the group will never read: trimmed or "
                     "deleted before delivery, or Redis's read counter left stale by a "
