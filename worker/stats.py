@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -42,7 +43,7 @@ from worker.entities import JOB_COLLECTION, JobStatus
 from worker.health import read_heartbeat
 from worker.redis_failures import is_group_missing, is_outage
 from worker.settings import Settings, redact_url
-from worker.stream_health import StreamHealth, check_stream
+from worker.stream_health import StreamHealth, check_stream_info, xinfo_field
 from worker.watchdog import (
     LIVENESS_PROJECTION,
     NEAR_LIMIT,
@@ -211,17 +212,13 @@ def collect_stats(
     redis_client: redis.Redis, settings: Settings, *, count_reasons: bool = True
 ) -> StreamStats:
     """Take one snapshot; raises ``redis.RedisError`` only when Redis does not answer."""
-    values: dict[str, Any] = {}
-    values.update(_stream_info(redis_client, settings.stream))
-    if values.get("stream_exists"):
-        values.update(_group_info(redis_client, settings.stream, settings.group))
-        health = check_stream(
-            redis_client,
-            settings.stream,
-            settings.group,
-            max_ahead_s=settings.max_entry_ahead_s,
-        )
-        values["health"], values["lag"] = health, health.lag
+    checked = check_stream_info(
+        redis_client, settings.stream, settings.group, max_ahead_s=settings.max_entry_ahead_s
+    )
+    values: dict[str, Any] = _stream_values(checked.stream_info)
+    if checked.stream_info is not None:
+        values.update(_group_values(checked.group_info))
+        values["health"], values["lag"] = checked.health, checked.health.lag
     if values.get("group_exists"):
         values.update(_pending_info(redis_client, settings.stream, settings.group))
         oldest = values.get("oldest_pending_id")
@@ -378,34 +375,30 @@ def _silence_of(document: dict[str, Any], horizon_ms: int, limit_s: float) -> Jo
     return job_silence(liveness, limit_s)
 
 
-def _stream_info(client: redis.Redis, stream: str) -> dict[str, Any]:
-    try:
-        info: Any = client.xinfo_stream(stream)
-    except redis.ResponseError as error:
-        if is_group_missing(error):
-            return {"stream_exists": False}
-        raise
-    first, last = info.get("first-entry"), info.get("last-entry")
+def _stream_values(info: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """What ``stats`` shows of XINFO STREAM (read once, by :func:`check_stream_info`)."""
+    if info is None:
+        return {"stream_exists": False}
+    first, last = xinfo_field(info, "first-entry"), xinfo_field(info, "last-entry")
     return {
         "stream_exists": True,
-        "length": int(info["length"]),
-        "entries_added": _int_or_none(info.get("entries-added")),
+        "length": int(xinfo_field(info, "length")),
+        "entries_added": _int_or_none(xinfo_field(info, "entries-added")),
         "first_entry": EntryMark.from_id(first[0]) if first else None,
         "last_entry": EntryMark.from_id(last[0]) if last else None,
     }
 
 
-def _group_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any]:
-    groups: Any = client.xinfo_groups(stream)
-    for info in groups:
-        if _text(info["name"]) == group:
-            delivered = info.get("last-delivered-id")
-            return {
-                "group_exists": True,
-                "entries_read": _int_or_none(info.get("entries-read")),
-                "last_delivered_id": None if delivered is None else _text(delivered),
-            }
-    return {"group_exists": False}
+def _group_values(info: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """What ``stats`` shows of the group's XINFO GROUPS entry."""
+    if info is None:
+        return {"group_exists": False}
+    delivered = xinfo_field(info, "last-delivered-id")
+    return {
+        "group_exists": True,
+        "entries_read": _int_or_none(xinfo_field(info, "entries-read")),
+        "last_delivered_id": None if delivered is None else _text(delivered),
+    }
 
 
 def _pending_info(client: redis.Redis, stream: str, group: str) -> dict[str, Any]:

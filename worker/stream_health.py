@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import redis
 import structlog
@@ -58,7 +58,7 @@ def _int_or_none(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _get(reply: Mapping[Any, Any], name: str) -> Any:
+def xinfo_field(reply: Mapping[Any, Any], name: str) -> Any:
     """A field of an XINFO reply: keyed by text, or by bytes (a Cluster's transaction)."""
     return reply.get(name, reply.get(name.encode()))
 
@@ -100,13 +100,35 @@ def check_stream(
 ) -> StreamHealth:
     """Read the stream's integrity (module docstring); raises ``redis.RedisError`` only
     when Redis does not answer. A missing stream or group is reported, not raised."""
+    return check_stream_info(client, stream, group, max_ahead_s=max_ahead_s).health
+
+
+class Checked(NamedTuple):
+    """A reading, and the XINFO replies it was made of (``None``: no stream, no group),
+    for callers that show them too (``stats``) without asking Redis again."""
+
+    health: StreamHealth
+    stream_info: Mapping[Any, Any] | None = None
+    group_info: Mapping[Any, Any] | None = None
+
+
+def check_stream_info(
+    client: redis.Redis, stream: str, group: str, *, max_ahead_s: float
+) -> Checked:
+    """:func:`check_stream`, with the XINFO STREAM and GROUPS replies it read."""
     try:
         reading = _read(client, stream, group)
     except redis.ResponseError as error:
         if is_group_missing(error):
-            return StreamHealth(ahead_limit_s=max_ahead_s)
+            return Checked(StreamHealth(ahead_limit_s=max_ahead_s))
         raise
-    last_id = _text(_get(reading.stream, "last-generated-id"))
+    return Checked(_health(client, stream, reading, max_ahead_s), reading.stream, reading.group)
+
+
+def _health(
+    client: redis.Redis, stream: str, reading: _Reading, max_ahead_s: float
+) -> StreamHealth:
+    last_id = _text(xinfo_field(reading.stream, "last-generated-id"))
     ahead_ms = StreamPosition.parse(last_id).milliseconds - redis_now_ms(client)
     backlog = _Backlog() if reading.group is None else _backlog(reading)
     return StreamHealth(
@@ -151,21 +173,21 @@ def _read(client: redis.Redis, stream: str, group: str) -> _Reading:
 def _known_without_count(info: Mapping[Any, Any], delivered: StreamPosition) -> bool:
     """The lag needs no XRANGE: the stream is empty, the group is behind its first entry
     (every entry is left: the length), or at its last generated ID (none is: 0)."""
-    first = _get(info, "first-entry")
-    if not int(_get(info, "length")) or first is None:
+    first = xinfo_field(info, "first-entry")
+    if not int(xinfo_field(info, "length")) or first is None:
         return True
-    last = StreamPosition.parse(_text(_get(info, "last-generated-id")))
+    last = StreamPosition.parse(_text(xinfo_field(info, "last-generated-id")))
     return StreamPosition.parse(first[0]) > delivered or delivered >= last
 
 
 def _find(groups: Any, group: str) -> Mapping[Any, Any] | None:
-    return next((info for info in groups if _text(_get(info, "name")) == group), None)
+    return next((info for info in groups if _text(xinfo_field(info, "name")) == group), None)
 
 
 def _delivered(group: Mapping[Any, Any] | None) -> StreamPosition | None:
     if group is None:
         return None
-    return StreamPosition.parse(_text(_get(group, "last-delivered-id") or "0-0"))
+    return StreamPosition.parse(_text(xinfo_field(group, "last-delivered-id") or "0-0"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +202,12 @@ def _backlog(reading: _Reading) -> _Backlog:
     """The true lag, Redis's, and the entries gone unread (module docstring)."""
     info, group = reading.stream, reading.group or {}
     delivered = _delivered(group) or StreamPosition(0, 0)
-    length = int(_get(info, "length"))
-    first = _get(info, "first-entry")
-    redis_lag = _int_or_none(_get(group, "lag"))
+    length = int(xinfo_field(info, "length"))
+    first = xinfo_field(info, "first-entry")
+    redis_lag = _int_or_none(xinfo_field(group, "lag"))
     if not length or first is None or StreamPosition.parse(first[0]) > delivered:
         lag, exact = length, True  # every entry left is after the group's position
-    elif delivered >= StreamPosition.parse(_text(_get(info, "last-generated-id"))):
+    elif delivered >= StreamPosition.parse(_text(xinfo_field(info, "last-generated-id"))):
         lag, exact = 0, True  # the group is at the last generated ID
     else:
         counted = sum(1 for entry in reading.after if StreamPosition.parse(entry[0]) > delivered)
