@@ -12,8 +12,10 @@ worker's summary line (docs/stream-integrity.md says why each rule is what it is
   entry; else one XRANGE after ``last-delivered-id`` of at most :data:`LAG_COUNT_LIMIT`
   entries. Beyond that limit the count is not exact (``lag_exact`` false) and the lag is
   Redis's figure, kept between the count and the stream's length. XINFO and XRANGE run
-  in one MULTI/EXEC, so they see the same stream: one when the group is caught up, two
-  when it has a backlog to count (the first tells where the group is).
+  in one MULTI/EXEC, so they see the same stream: one transaction when the group is
+  caught up, two when it has a backlog to count (the first tells where the group is);
+  a reading also asks TIME (the ahead check) and INFO (which server answered): three or
+  four round trips in all.
 * **Entries gone unread** (``gone_unread``): Redis's lag minus the counted one. Redis
   counts every entry added after the group's reads; the group will never read those that
   were trimmed (``XADD ... MAXLEN 0`` or ``MINID`` with a producer credential, a MAXLEN
